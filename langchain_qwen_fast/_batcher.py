@@ -1,0 +1,347 @@
+"""The dispatcher: admission, coalescing and the wire mode, with one future per item.
+
+Admission counts *sequences* on the server (one per chat request, one per prompt of a
+``/v1/completions`` list) and never lets more than ``max_concurrency`` run at once; what does not
+fit waits in one FIFO queue, so memory is one small :class:`Item` per pending input and no task
+per item. A pump moves items from the queue whenever capacity frees up:
+
+- chat items (and streams) go out one request each, at once;
+- completions items coalesce into a list of up to ``max_batch_size`` prompts with the same
+  sampling parameters, capped by ``max_batch_tokens``. An idle dispatcher sends at once (no added
+  latency); a busy one waits up to ``max_wait_ms`` for a list to fill.
+
+A list the server rejects as a whole (one bad prompt makes vLLM answer 400 for all) is split in
+halves and re-sent until the bad prompt stands alone, so its neighbours still succeed. Every
+task's outcome lands in its items' futures; nothing a task does can raise into the pump, and the
+pump itself logs and carries on, so the dispatcher cannot die (ray#66140). A cancelled future is
+skipped in the queue, and an in-flight request whose every item was cancelled is cancelled
+too (ray#50046: no hang on cancel).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_core.outputs import ChatResult
+
+from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
+from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
+from langchain_qwen_fast._stats import DispatchStats
+from langchain_qwen_fast._transport import Transport
+
+log = logging.getLogger("langchain_qwen_fast")
+_SPLITTABLE = (BadRequestError, ContextLengthError)
+
+
+@dataclass(frozen=True)
+class DispatchConfig:
+    max_concurrency: int = 256
+    max_batch_size: int = 32
+    max_wait_ms: float = 2.0
+    max_batch_tokens: int = 32768
+
+
+@dataclass(eq=False)
+class Item:
+    """One input on its way: the chat payload, and the rendered prompt when a list may carry it."""
+
+    payload: dict[str, Any]
+    headers: Mapping[str, str]
+    deadline_s: float | None
+    model: str
+    prompt: str | None = None
+    key: bytes | None = None  # completions items with equal keys may share a list
+    list_params: dict[str, Any] | None = None
+    est_tokens: int = 0
+    stream_slot: bool = False
+    future: asyncio.Future[Any] = field(default=None)  # type: ignore[assignment]
+    enqueued: float = 0.0
+    task: asyncio.Task[Any] | None = None
+
+
+class Dispatcher:
+    def __init__(self, transport: Transport, config: DispatchConfig) -> None:
+        self.transport = transport
+        self.config = config
+        self.stats = DispatchStats()
+        self.inflight = 0
+        self.max_inflight_seen = 0
+        self.closed = False
+        self._queue: deque[Item] = deque()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._pump_scheduled = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- entry points (called on the runtime loop) -----------------------------------------
+    def submit(self, item: Item) -> asyncio.Future[Any]:
+        loop = self._loop or asyncio.get_running_loop()
+        self._loop = loop
+        item.future = loop.create_future()
+        if self.closed:
+            item.future.set_exception(ClientClosedError("the model's pool is closed"))
+            return item.future
+        item.enqueued = time.monotonic()
+        self.stats.items += 1
+        item.future.add_done_callback(lambda f, it=item: self._on_item_done(it, f))  # type: ignore[misc]
+        self._queue.append(item)
+        if not self._pump_scheduled:
+            self._pump_scheduled = True
+            loop.call_soon(self._pump)
+        return item.future
+
+    async def call(self, item: Item) -> ChatResult:
+        return await self.submit(item)  # type: ignore[no-any-return]
+
+    async def stream_slot(self) -> None:
+        """Wait for admission of one streamed request; pair with :meth:`release_slot`."""
+        item = Item(payload={}, headers={}, deadline_s=None, model="", stream_slot=True)
+        await self.submit(item)
+
+    def release_slot(self) -> None:
+        self._finish(1)
+
+    # -- the pump ----------------------------------------------------------------------------
+    def _pump(self) -> None:
+        self._pump_scheduled = False
+        try:
+            self._pump_inner()
+        except Exception:  # pragma: no cover - a bug here must not stop the dispatcher
+            log.exception("qwen-fast dispatcher pump failed; continuing")
+
+    def _pump_inner(self) -> None:
+        q, cfg = self._queue, self.config
+        while q and self.inflight < cfg.max_concurrency:
+            head = q[0]
+            if head.future.done():
+                q.popleft()
+                continue
+            if head.prompt is None:
+                q.popleft()
+                self._admit([head])
+                if head.stream_slot:
+                    head.future.set_result(None)
+                else:
+                    self._spawn(self._run_chat(head), [head])
+                continue
+            if self.inflight > 0 and len(q) < cfg.max_batch_size:
+                wait = head.enqueued + cfg.max_wait_ms / 1000.0 - time.monotonic()
+                if wait > 0:
+                    self._arm_timer(wait)
+                    return
+            batch = self._collect(cfg.max_concurrency - self.inflight)
+            self._admit(batch)
+            self._spawn(self._run_list(batch), batch)
+
+    def _arm_timer(self, delay: float) -> None:
+        if self._timer is None and self._loop is not None:
+            def fire() -> None:
+                self._timer = None
+                self._pump()
+
+            self._timer = self._loop.call_later(delay, fire)
+
+    def _collect(self, capacity: int) -> list[Item]:
+        """Take the head plus later items with its key, within size, capacity and token budget."""
+        cfg, q = self.config, self._queue
+        head = q.popleft()
+        batch, tokens = [head], head.est_tokens
+        limit = min(cfg.max_batch_size, capacity)
+        skipped: list[Item] = []
+        scanned = 0
+        while q and len(batch) < limit and scanned < 4 * cfg.max_batch_size:
+            it = q.popleft()
+            scanned += 1
+            if it.future.done():
+                continue
+            if it.key == head.key and it.prompt is not None and tokens + it.est_tokens <= cfg.max_batch_tokens:
+                batch.append(it)
+                tokens += it.est_tokens
+            else:
+                skipped.append(it)
+        q.extendleft(reversed(skipped))
+        return batch
+
+    def _admit(self, items: list[Item]) -> None:
+        now = time.monotonic()
+        for it in items:
+            self.stats.queue_wait.add(now - it.enqueued)
+        self.inflight += len(items)
+        self.max_inflight_seen = max(self.max_inflight_seen, self.inflight)
+
+    def _finish(self, n: int) -> None:
+        self.inflight -= n
+        if self._queue and not self._pump_scheduled and self._loop is not None:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
+    def _spawn(self, coro: Any, items: list[Item]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        for it in items:
+            it.task = task
+
+    def _on_item_done(self, item: Item, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            self.stats.cancelled += 1
+            task = item.task
+            # Cancel the HTTP request only when nobody else waits on it (a list may carry others).
+            if task is not None and not task.done() and item.prompt is None:
+                task.cancel()
+        else:
+            self.stats.item_latency.add(time.monotonic() - item.enqueued)
+            if fut.exception() is not None:
+                self.stats.items_failed += 1
+
+    # -- the work ----------------------------------------------------------------------------
+    @staticmethod
+    def _deadline(items: list[Item]) -> tuple[float, float | None]:
+        timeout = items[0].deadline_s
+        return time.monotonic() + (timeout if timeout is not None else 600.0), timeout
+
+    @staticmethod
+    def _settle(item: Item, result: Any = None, exc: BaseException | None = None) -> None:
+        if item.future.done():
+            return  # cancelled meanwhile: the answer is discarded, never delivered twice
+        if exc is not None:
+            item.future.set_exception(exc)
+        else:
+            item.future.set_result(result)
+
+    async def _run_chat(self, item: Item) -> None:
+        deadline, timeout = self._deadline([item])
+        try:
+            resp = await self.transport.post_json("/chat/completions", item.payload, item.headers, deadline, timeout)
+            self._settle(item, chat_response_to_result(resp, item.model))
+        except asyncio.CancelledError:
+            if not item.future.done():
+                item.future.cancel()
+            raise
+        except Exception as e:
+            self._settle(item, exc=e)
+        finally:
+            self.stats.batches += 1
+            self.stats.batch_sizes[1] += 1
+            self._finish(1)
+
+    async def _run_list(self, items: list[Item]) -> None:
+        try:
+            await self._send_list(items)
+        except BaseException as e:  # never leave an item without an outcome
+            for it in items:
+                if isinstance(e, asyncio.CancelledError):
+                    if not it.future.done():
+                        it.future.cancel()
+                else:
+                    self._settle(it, exc=e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+        finally:
+            self._finish(len(items))
+
+    async def _send_list(self, items: list[Item]) -> None:
+        live = [it for it in items if not it.future.done()]
+        if not live:
+            return
+        self.stats.batches += 1
+        self.stats.batch_sizes[len(live)] += 1
+        payload = dict(live[0].list_params or {})
+        payload["prompt"] = [it.prompt for it in live] if len(live) > 1 else live[0].prompt
+        deadline, timeout = self._deadline(live)
+        try:
+            resp = await self.transport.post_json("/completions", payload, live[0].headers, deadline, timeout)
+        except _SPLITTABLE as e:
+            if len(live) == 1:
+                self._settle(live[0], exc=e)
+                return
+            self.stats.splits += 1
+            mid = len(live) // 2
+            await asyncio.gather(self._send_list(live[:mid]), self._send_list(live[mid:]))
+            return
+        except Exception as e:
+            for it in live:
+                self._settle(it, exc=e)
+            return
+        try:
+            parts = split_completions(resp, len(live))
+        except Exception as e:
+            for it in live:
+                self._settle(it, exc=e)
+            return
+        for it, (choice, usage) in zip(live, parts):
+            self._settle(it, completion_choice_to_result(resp, choice, usage, it.model))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        snap = self.stats.snapshot()
+        snap.update(in_flight=self.inflight, max_in_flight=self.max_inflight_seen, queued=len(self._queue))
+        return snap
+
+    async def aclose(self) -> None:
+        """Fail what waits, cancel what runs, close the engine. Idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+        err = ClientClosedError("the model was closed while this call was pending")
+        while self._queue:
+            it = self._queue.popleft()
+            self._settle(it, exc=err)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.engine.aclose()
+
+
+class Submission:
+    """A batch fed to the dispatcher at most ``limit`` items at a time (per-call max_concurrency).
+
+    ``on_result(index, result, exception)`` fires once per item, in completion order.
+    """
+
+    def __init__(
+        self, dispatcher: Dispatcher, items: list[Item], limit: int | None,
+        on_result: Callable[[int, Any, BaseException | None], None],
+    ) -> None:
+        self.dispatcher, self.items, self.on_result = dispatcher, items, on_result
+        self.limit = len(items) if not limit or limit <= 0 else limit
+        self._next = 0
+        self.cancelled = False
+
+    def start(self) -> None:
+        for _ in range(min(self.limit, len(self.items))):
+            self._feed()
+
+    def _feed(self) -> None:
+        i = self._next
+        self._next += 1
+        fut = self.dispatcher.submit(self.items[i])
+        fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
+
+    def _done(self, index: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled():
+            exc: BaseException | None = asyncio.CancelledError()
+            result = None
+        else:
+            exc = fut.exception()
+            result = None if exc else fut.result()
+        try:
+            self.on_result(index, result, exc)
+        except Exception:  # a broken sink must not stop the feed
+            log.exception("qwen-fast result sink failed")
+        if not self.cancelled and self._next < len(self.items):
+            self._feed()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for it in self.items[: self._next]:
+            if it.future is not None and not it.future.done():
+                it.future.cancel()

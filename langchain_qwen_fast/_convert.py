@@ -1,0 +1,316 @@
+"""Pure conversions: LangChain messages -> OpenAI payload dicts; server JSON -> LangChain results.
+
+No I/O and no state. Everything that can be wrong with a caller's input is found here, before
+anything is sent, and raised as ``ValueError`` naming the message and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+from langchain_core.messages import (
+    AIMessage,
+    AIMessageChunk,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.messages.ai import InputTokenDetails, OutputTokenDetails, UsageMetadata
+from langchain_core.messages.tool import tool_call_chunk
+from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+
+from langchain_qwen_fast._qwen import split_reasoning
+
+MODEL_PROVIDER = "qwen"
+_ROLE_ALIASES = {"human": "user", "ai": "assistant", "developer": "system"}
+_KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+
+
+def _text_of(content: Any, where: str) -> str | list[dict[str, Any]]:
+    """Return string content, or a list of text parts; reject what a text model cannot read."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise ValueError(f"{where}: content must be a string or a list of parts, got {type(content).__name__}")
+    parts: list[dict[str, Any]] = []
+    for part in content:
+        if isinstance(part, str):
+            parts.append({"type": "text", "text": part})
+            continue
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            parts.append({"type": "text", "text": part.get("text", "")})
+        elif kind in ("reasoning", "thinking"):
+            continue  # earlier reasoning is never sent back, as Qwen3's template drops it
+        else:
+            raise ValueError(
+                f"{where}: unsupported content part of type {kind!r}; Qwen3-0.6B is a text-only model, "
+                "so only text parts can be sent"
+            )
+    if all(p["type"] == "text" for p in parts) and len(parts) == 1:
+        return str(parts[0]["text"])
+    return parts
+
+
+def _tool_call_to_openai(tc: Mapping[str, Any], where: str) -> dict[str, Any]:
+    args = tc.get("args")
+    if not isinstance(args, dict):
+        raise ValueError(
+            f"{where}: tool call {tc.get('name')!r} has args of type {type(args).__name__}; "
+            "args must be a dict (it is sent as a JSON string)"
+        )
+    try:
+        arguments = orjson.dumps(args).decode()
+    except TypeError as e:
+        raise ValueError(f"{where}: tool call {tc.get('name')!r} args are not JSON-serialisable: {e}") from e
+    return {"id": tc.get("id"), "type": "function", "function": {"name": tc["name"], "arguments": arguments}}
+
+
+def _raw_tool_calls(raw: Any, where: str) -> list[dict[str, Any]]:
+    out = []
+    for tc in raw:
+        fn = tc.get("function") or {}
+        if not isinstance(fn.get("arguments"), str):
+            raise ValueError(
+                f"{where}: raw tool call {fn.get('name')!r} has non-string 'arguments' "
+                f"({type(fn.get('arguments')).__name__}); the OpenAI format needs a JSON string"
+            )
+        out.append(tc)
+    return out
+
+
+def message_to_dict(message: BaseMessage, index: int = 0) -> dict[str, Any]:
+    """Convert one LangChain message into an OpenAI chat message dict."""
+    where = f"message {index} ({type(message).__name__})"
+    if isinstance(message, ChatMessage):
+        role = _ROLE_ALIASES.get(message.role, message.role)
+        if role not in _KNOWN_ROLES:
+            raise ValueError(f"{where}: unknown role {message.role!r}; use one of system, user, assistant, tool")
+        return {"role": role, "content": _text_of(message.content, where)}
+    if isinstance(message, HumanMessage):
+        return {"role": "user", "content": _text_of(message.content, where)}
+    if isinstance(message, SystemMessage):
+        return {"role": "system", "content": _text_of(message.content, where)}
+    if isinstance(message, AIMessage):
+        out: dict[str, Any] = {"role": "assistant", "content": _text_of(message.content, where)}
+        calls = [_tool_call_to_openai(tc, where) for tc in message.tool_calls]
+        calls += [
+            {"id": tc.get("id"), "type": "function", "function": {"name": tc.get("name"), "arguments": tc.get("args") or ""}}
+            for tc in message.invalid_tool_calls
+        ]
+        if not calls and message.additional_kwargs.get("tool_calls"):
+            calls = _raw_tool_calls(message.additional_kwargs["tool_calls"], where)
+        if calls:
+            out["tool_calls"] = calls
+            if out["content"] in ("", []):
+                out["content"] = None
+        return out
+    if isinstance(message, ToolMessage):
+        content = _text_of(message.content, where)
+        if not isinstance(content, str):
+            content = "".join(p.get("text", "") for p in content)
+        return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
+    raise ValueError(f"{where}: unsupported message type; use System/Human/AI/Tool messages")
+
+
+def messages_to_dicts(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    if not messages:
+        raise ValueError("empty message list: at least one message is needed")
+    return [message_to_dict(m, i) for i, m in enumerate(messages)]
+
+
+def usage_to_metadata(usage: Mapping[str, Any]) -> UsageMetadata:
+    """Same mapping as ChatOpenAI's, so token accounting code keeps working."""
+    inp = usage.get("prompt_tokens") or 0
+    out = usage.get("completion_tokens") or 0
+    total = usage.get("total_tokens")
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    in_details = {"audio": prompt_details.get("audio_tokens"), "cache_read": prompt_details.get("cached_tokens")}
+    out_details = {
+        "audio": completion_details.get("audio_tokens"),
+        "reasoning": completion_details.get("reasoning_tokens"),
+    }
+    return UsageMetadata(
+        input_tokens=inp,
+        output_tokens=out,
+        total_tokens=total if total is not None else inp + out,
+        input_token_details=InputTokenDetails(**{k: v for k, v in in_details.items() if v is not None}),  # type: ignore[typeddict-item]
+        output_token_details=OutputTokenDetails(**{k: v for k, v in out_details.items() if v is not None}),  # type: ignore[typeddict-item]
+    )
+
+
+def _reasoning_of(msg: Mapping[str, Any]) -> str | None:
+    # vLLM >= 0.10 says `reasoning`; older vLLM and SGLang say `reasoning_content`.
+    value = msg.get("reasoning")
+    if value is None:
+        value = msg.get("reasoning_content")
+    return value
+
+
+def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> AIMessage:
+    """Convert a response ``message`` into an AIMessage; bad tool JSON goes to invalid_tool_calls."""
+    content = msg.get("content") or ""
+    reasoning = _reasoning_of(msg)
+    if reasoning is None and split_think and ("</think>" in content or content.lstrip().startswith("<think>")):
+        reasoning, content = split_reasoning(content)
+    additional: dict[str, Any] = {}
+    if reasoning is not None:
+        additional["reasoning_content"] = reasoning
+    if msg.get("refusal"):
+        additional["refusal"] = msg["refusal"]
+    tool_calls, invalid = [], []
+    for raw in msg.get("tool_calls") or []:
+        try:
+            tool_calls.append(parse_tool_call(raw, return_id=True))
+        except Exception as e:  # a malformed call is data, never an exception for the caller
+            invalid.append(make_invalid_tool_call(raw, str(e)))
+    return AIMessage(content=content, additional_kwargs=additional, tool_calls=tool_calls, invalid_tool_calls=invalid)
+
+
+def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "token_usage": resp.get("usage"),
+        "model_provider": MODEL_PROVIDER,
+        "model_name": resp.get("model") or model_fallback,
+        "system_fingerprint": resp.get("system_fingerprint") or "",
+    }
+    if "id" in resp:
+        out["id"] = resp["id"]
+    return out
+
+
+def _check_shape(resp: Any) -> list[Mapping[str, Any]]:
+    if not isinstance(resp, Mapping):
+        raise ValueError(f"unexpected response from the server: expected a JSON object, got {type(resp).__name__}")
+    if resp.get("error"):
+        raise ValueError(f"server returned an error object: {resp['error']}")
+    choices = resp.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise ValueError(f"server response has no choices (keys: {sorted(resp)})")
+    return choices
+
+
+def chat_response_to_result(resp: Mapping[str, Any], model_fallback: str) -> ChatResult:
+    """Convert a ``/v1/chat/completions`` body into a ChatResult, ChatOpenAI-style."""
+    choices = _check_shape(resp)
+    usage = resp.get("usage")
+    gens = []
+    for choice in choices:
+        message = dict_to_ai_message(choice.get("message") or {})
+        if usage:
+            message.usage_metadata = usage_to_metadata(usage)
+        info: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
+        if choice.get("logprobs") is not None:
+            info["logprobs"] = choice["logprobs"]
+        gens.append(ChatGeneration(message=message, generation_info=info))
+    return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback))
+
+
+def completion_choice_to_result(
+    resp: Mapping[str, Any], choice: Mapping[str, Any], usage: Mapping[str, Any] | None, model_fallback: str
+) -> ChatResult:
+    """One prompt's share of a ``/v1/completions`` list response, shaped like a chat result.
+
+    ``usage`` is this prompt's own usage (from ``token_ids``), or None where the server gave only
+    the list's total.
+    """
+    message = dict_to_ai_message({"content": choice.get("text") or ""})
+    if usage:
+        message.usage_metadata = usage_to_metadata(usage)
+    info: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
+    if choice.get("logprobs") is not None:
+        info["logprobs"] = choice["logprobs"]
+    out = llm_output_of(resp, model_fallback)
+    out["token_usage"] = dict(usage) if usage else None
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)], llm_output=out)
+
+
+def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Mapping[str, Any], dict[str, Any] | None]]:
+    """Match a list response's choices to prompts by ``index``; raise if any is missing."""
+    choices = _check_shape(resp)
+    by_index: dict[int, Mapping[str, Any]] = {}
+    for c in choices:
+        by_index[int(c.get("index", 0))] = c
+    missing = [i for i in range(n_prompts) if i not in by_index]
+    if missing:
+        raise ValueError(f"completions response lacks choices for prompt indexes {missing[:10]}")
+    out = []
+    for i in range(n_prompts):
+        c = by_index[i]
+        usage = None
+        if c.get("token_ids") is not None and c.get("prompt_token_ids") is not None:
+            p, o = len(c["prompt_token_ids"]), len(c["token_ids"])
+            usage = {"prompt_tokens": p, "completion_tokens": o, "total_tokens": p + o}
+        elif n_prompts == 1 and resp.get("usage"):
+            usage = dict(resp["usage"])
+        out.append((c, usage))
+    return out
+
+
+class StreamAssembler:
+    """Turns SSE chunk dicts into ChatGenerationChunks; reasoning deltas go to additional_kwargs."""
+
+    def __init__(self, model_fallback: str) -> None:
+        self.model_fallback = model_fallback
+        self._in_think = False
+
+    def convert(self, chunk: Mapping[str, Any]) -> ChatGenerationChunk | None:
+        usage = chunk.get("usage")
+        choices = chunk.get("choices") or []
+        if not choices:
+            if not usage:
+                return None
+            msg = AIMessageChunk(content="", usage_metadata=usage_to_metadata(usage))
+            return ChatGenerationChunk(message=msg, generation_info={})
+        choice = choices[0]
+        delta = choice.get("delta") or {}
+        content = delta.get("content") or ""
+        reasoning = _reasoning_of(delta)
+        if reasoning is None and content:
+            reasoning, content = self._split_inline(content)
+        additional: dict[str, Any] = {}
+        if reasoning:
+            additional["reasoning_content"] = reasoning
+        chunks = [
+            tool_call_chunk(
+                name=(tc.get("function") or {}).get("name"),
+                args=(tc.get("function") or {}).get("arguments"),
+                id=tc.get("id"),
+                index=tc.get("index"),
+            )
+            for tc in delta.get("tool_calls") or []
+        ]
+        msg = AIMessageChunk(content=content, additional_kwargs=additional, tool_call_chunks=chunks)
+        if usage:
+            msg.usage_metadata = usage_to_metadata(usage)
+        info: dict[str, Any] = {}
+        if choice.get("finish_reason") is not None:
+            info["finish_reason"] = choice["finish_reason"]
+            info["model_name"] = chunk.get("model") or self.model_fallback
+            info["model_provider"] = MODEL_PROVIDER
+            if chunk.get("id"):
+                info["id"] = chunk["id"]
+            if chunk.get("system_fingerprint"):
+                info["system_fingerprint"] = chunk["system_fingerprint"]
+        if choice.get("logprobs") is not None:
+            info["logprobs"] = choice["logprobs"]
+        return ChatGenerationChunk(message=msg, generation_info=info or None)
+
+    def _split_inline(self, content: str) -> tuple[str | None, str]:
+        # Without a reasoning parser the think block arrives inline, token by token.
+        if not self._in_think and content.lstrip().startswith("<think>"):
+            self._in_think = True
+            content = content.lstrip()[len("<think>") :]
+        if self._in_think:
+            if "</think>" in content:
+                head, _, tail = content.partition("</think>")
+                self._in_think = False
+                return head, tail.lstrip("\n")
+            return content, ""
+        return None, content

@@ -1,0 +1,188 @@
+"""Errors, mapped onto ``langchain_core.exceptions`` so provider-agnostic code can catch them.
+
+Hierarchy (each also carries ``status_code``, ``body`` and ``url`` where there was a response)::
+
+    ModelError (langchain_core)
+    ├── ModelInvalidRequestError   <- BadRequestError            400, 409, 413, 422 (never retried)
+    ├── ContextOverflowError       <- ContextLengthError         400 "maximum context length" (never retried)
+    ├── ModelAuthenticationError   <- AuthenticationError        401 (never retried)
+    ├── ModelPermissionDeniedError <- PermissionDeniedError      403 (never retried)
+    ├── ModelNotFoundError         <- NotFoundError              404 (names the /v1 fix when it applies)
+    ├── ModelRateLimitError        <- RateLimitError             429 (retried, honours Retry-After)
+    ├── ModelAPIError              <- ServerError                5xx (retried)
+    │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes the first bytes)
+    ├── ModelConnectionError       <- APIConnectionError         reset, refused, DNS, truncated body (retried)
+    └── ModelTimeoutError          <- DeadlineExceededError      the call's one deadline, or 408 (408 retried)
+    RuntimeError                   <- ClientClosedError          the model was closed while the call waited
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.exceptions import (
+    ContextOverflowError,
+    ModelAPIError,
+    ModelAuthenticationError,
+    ModelConnectionError,
+    ModelInvalidRequestError,
+    ModelNotFoundError,
+    ModelPermissionDeniedError,
+    ModelRateLimitError,
+    ModelTimeoutError,
+)
+
+_CONTEXT_MARKERS = (
+    "maximum context length",
+    "context length",
+    "reduce the length",
+    "longer than the maximum model length",
+    "exceeds the model's",
+    "too many tokens",
+)
+
+
+class _HTTPInfo:
+    status_code: int | None = None
+    body: str | None = None
+    url: str | None = None
+    retry_after: float | None = None
+
+    def _attach(self, status: int | None, body: str | None, url: str | None, retry_after: float | None) -> None:
+        self.status_code, self.body, self.url, self.retry_after = status, body, url, retry_after
+
+
+class BadRequestError(ModelInvalidRequestError, _HTTPInfo):
+    """The server rejected the request as invalid; retrying the same request cannot help."""
+
+
+class ContextLengthError(ContextOverflowError, _HTTPInfo):
+    """The prompt plus ``max_tokens`` is longer than the served model's context."""
+
+
+class AuthenticationError(ModelAuthenticationError, _HTTPInfo):
+    """401: the server was started with ``--api-key`` and ours is missing or wrong."""
+
+
+class PermissionDeniedError(ModelPermissionDeniedError, _HTTPInfo):
+    """403."""
+
+
+class NotFoundError(ModelNotFoundError, _HTTPInfo):
+    """404: usually a base_url without ``/v1`` or a model name the server does not serve."""
+
+
+class RateLimitError(ModelRateLimitError, _HTTPInfo):
+    """429 after the retries were spent (or when Retry-After would pass the deadline)."""
+
+
+class ServerError(ModelAPIError, _HTTPInfo):
+    """5xx after the retries were spent."""
+
+
+class InvalidResponseError(ModelAPIError, _HTTPInfo):
+    """A body that is not the JSON an OpenAI-compatible server sends (e.g. a proxy's HTML page)."""
+
+    is_retryable = False
+
+
+class APIConnectionError(ModelConnectionError, _HTTPInfo):
+    """The connection failed: refused, reset, DNS, or the body was cut short."""
+
+    #: False when the failure happened before the request could have reached the server.
+    maybe_sent: bool = True
+
+
+class DeadlineExceededError(ModelTimeoutError, _HTTPInfo):
+    """The call's deadline (``timeout``) passed, retries and backoff included."""
+
+
+class ClientClosedError(RuntimeError):
+    """The model (or its shared pool) was closed while this call was pending."""
+
+
+def _preview(body: bytes | str, limit: int = 200) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def server_message(body: bytes) -> str:
+    """The human message inside an error body (vLLM new/old shapes, SGLang), else a preview."""
+    import orjson
+
+    try:
+        data: Any = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return _preview(body)
+    if isinstance(data, dict):
+        err = data.get("error", data)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+        if data.get("message"):
+            return str(data["message"])
+        if data.get("detail"):
+            return str(data["detail"])
+    return _preview(body)
+
+
+def from_status(status: int, body: bytes, url: str, retry_after: float | None = None) -> Exception:
+    """Build the exception for a non-2xx response, keeping the server's own message."""
+    msg = server_message(body)
+    text = f"HTTP {status} from {url}: {msg}"
+    cls: type[_HTTPInfo]
+    if status == 404:
+        cls = NotFoundError
+        if not url.split("?")[0].rsplit("/", 2)[0].endswith("/v1"):
+            root = url.split("/chat/completions")[0].split("/completions")[0]
+            text += f" -- the base_url has no /v1 suffix; OpenAI-compatible servers answer under {root}/v1"
+    elif status in (400, 413, 422) and any(m in msg.lower() for m in _CONTEXT_MARKERS):
+        cls = ContextLengthError
+    elif status in (400, 409, 413, 422):
+        cls = BadRequestError
+    elif status == 401:
+        cls = AuthenticationError
+    elif status == 403:
+        cls = PermissionDeniedError
+    elif status == 408:
+        cls = DeadlineExceededError
+    elif status == 429:
+        cls = RateLimitError
+    elif status >= 500:
+        cls = ServerError
+    else:
+        cls = BadRequestError
+    exc = cls(text)  # type: ignore[call-arg]
+    exc._attach(status, msg, url, retry_after)
+    return exc  # type: ignore[return-value]
+
+
+def invalid_body(status: int, body: bytes, url: str, why: str) -> InvalidResponseError:
+    exc = InvalidResponseError(
+        f"HTTP {status} from {url}: {why}; the body starts with {_preview(body, 120)!r} "
+        "(is a proxy or a non-OpenAI server answering at this base_url?)"
+    )
+    exc._attach(status, _preview(body), url, None)
+    return exc
+
+
+def connection_error(url: str, cause: BaseException, *, maybe_sent: bool) -> APIConnectionError:
+    exc = APIConnectionError(f"connection to {url} failed: {type(cause).__name__}: {cause}")
+    exc._attach(None, None, url, None)
+    exc.maybe_sent = maybe_sent
+    return exc
+
+
+def deadline_error(url: str, timeout: float | None) -> DeadlineExceededError:
+    exc = DeadlineExceededError(f"request to {url} passed its deadline of {timeout} s (retries included)")
+    exc._attach(None, None, url, None)
+    return exc
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Connection errors, 408, 429 and 5xx retry; 4xx, deadlines and bad bodies never do."""
+    if isinstance(exc, DeadlineExceededError):
+        return exc.status_code == 408
+    return isinstance(exc, (APIConnectionError, RateLimitError, ServerError))

@@ -1,0 +1,183 @@
+"""The background event loop that owns every pool and dispatcher.
+
+Why one loop for everything: a pool bound to the caller's loop breaks as soon as that loop closes
+("Event loop is closed", langchain#35783), and per-loop pools cannot share one admission limit.
+Here the sockets live on a single long-lived loop in a daemon thread. Sync callers block on a
+``concurrent.futures.Future``; async callers, on any loop (repeated ``asyncio.run()``, Jupyter,
+uvloop, threads), await a wrapped future, and cancelling that await cancels the work.
+
+The loop uses uvloop when it is installed, unless ``QWEN_FAST_LOOP=asyncio``. After ``fork()``
+the child gets a fresh runtime; the parent's thread does not exist there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import os
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
+log = logging.getLogger("langchain_qwen_fast")
+
+
+class Closeable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get("QWEN_FAST_LOOP", "").lower() != "asyncio":
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+class Runtime:
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = _new_loop()
+        self._ready = threading.Event()
+        self._shared: dict[Any, tuple[Closeable, int]] = {}
+        self._lock = threading.Lock()
+        self.closed = False
+        self.thread = threading.Thread(target=self._run, name="qwen-fast-loop", daemon=True)
+        self.thread.start()
+        self._ready.wait()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._ready.set)
+        self.loop.set_exception_handler(self._on_loop_error)
+        self.loop.run_forever()
+
+    @staticmethod
+    def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # Never let a stray callback error take the loop down; say it at DEBUG, without payloads.
+        exc = context.get("exception")
+        log.debug("background loop: %s (%s)", context.get("message"), type(exc).__name__ if exc else "-")
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self.thread.ident
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        if self.closed:
+            coro.close()
+            from langchain_qwen_fast._errors import ClientClosedError
+
+            raise ClientClosedError("the qwen-fast runtime is shut down (interpreter exiting)")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run ``coro`` on the background loop and block this thread for its result."""
+        if self.in_loop_thread():
+            coro.close()
+            raise RuntimeError(
+                "a sync BatchedChatQwen method was called from the qwen-fast loop thread itself "
+                "(e.g. inside a callback handler); use the async method there"
+            )
+        fut = self.submit(coro)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()  # KeyboardInterrupt or the like: drop the work, never leave it running
+            raise
+
+    async def run_async(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Await ``coro`` (run on the background loop) from any other event loop."""
+        return await asyncio.wrap_future(self.submit(coro))
+
+    def call_soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.loop.call_soon_threadsafe(fn, *args)
+
+    # -- shared, reference-counted objects (pools and dispatchers) --------------------------
+    def acquire(self, key: Any, factory: Callable[[], Closeable]) -> Closeable:
+        with self._lock:
+            obj, refs = self._shared.get(key, (None, 0))
+            if obj is None:
+                obj = factory()
+            self._shared[key] = (obj, refs + 1)
+            return obj
+
+    def release(self, key: Any) -> Awaitable[None] | None:
+        """Drop one reference; returns the closing coroutine's future when it was the last."""
+        with self._lock:
+            obj, refs = self._shared.get(key, (None, 0))
+            if obj is None:
+                return None
+            if refs > 1:
+                self._shared[key] = (obj, refs - 1)
+                return None
+            del self._shared[key]
+        return asyncio.wrap_future(self.submit(obj.aclose())) if not self.in_loop_thread() else obj.aclose()
+
+    def release_sync(self, key: Any, timeout: float = 5.0) -> None:
+        with self._lock:
+            obj, refs = self._shared.get(key, (None, 0))
+            if obj is None:
+                return
+            if refs > 1:
+                self._shared[key] = (obj, refs - 1)
+                return
+            del self._shared[key]
+        if self.in_loop_thread():
+            self.loop.create_task(obj.aclose())
+            return
+        try:
+            self.submit(obj.aclose()).result(timeout)
+        except Exception as e:  # closing must not raise on the way out
+            log.debug("closing a pool failed: %s", type(e).__name__)
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Close every pool, cancel what is left, stop the loop. Bounded in time; never raises."""
+        if self.closed or not self.thread.is_alive():
+            return
+        with self._lock:
+            objs = [o for o, _ in self._shared.values()]
+            self._shared.clear()
+
+        async def _close_all() -> None:
+            await asyncio.gather(*(o.aclose() for o in objs), return_exceptions=True)
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(_close_all(), self.loop).result(timeout)
+        except Exception:
+            pass
+        self.closed = True
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    global _runtime
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid() and not rt.closed:
+        return rt
+    with _runtime_lock:
+        if _runtime is None or _runtime.pid != os.getpid() or _runtime.closed:
+            _runtime = Runtime()
+        return _runtime
+
+
+def _shutdown_at_exit() -> None:
+    rt = _runtime
+    if rt is not None and rt.pid == os.getpid():
+        rt.shutdown()
+
+
+atexit.register(_shutdown_at_exit)

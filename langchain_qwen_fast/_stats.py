@@ -1,0 +1,98 @@
+"""Counters behind ``BatchedChatQwen.stats()``: cheap to update on the hot path, copied on read."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+_RING = 8192
+
+
+class Ring:
+    """The last ``_RING`` samples; percentiles are taken over those on read."""
+
+    __slots__ = ("_buf", "_i", "count", "total")
+
+    def __init__(self) -> None:
+        self._buf: list[float] = []
+        self._i = 0
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.count += 1
+        self.total += value
+        if len(self._buf) < _RING:
+            self._buf.append(value)
+        else:
+            self._buf[self._i] = value
+            self._i = (self._i + 1) % _RING
+
+    def summary(self) -> dict[str, float | int | None]:
+        data = sorted(self._buf)
+
+        def pct(p: float) -> float | None:
+            if not data:
+                return None
+            return data[min(len(data) - 1, int(p * len(data)))]
+
+        return {
+            "count": self.count,
+            "mean": (self.total / self.count) if self.count else None,
+            "p50": pct(0.50),
+            "p95": pct(0.95),
+            "p99": pct(0.99),
+            "max": data[-1] if data else None,
+        }
+
+
+class EndpointStats:
+    __slots__ = ("errors", "latency", "requests", "retries")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.retries = 0
+        self.errors: Counter[str] = Counter()
+        self.latency = Ring()
+
+    def ok(self, seconds: float) -> None:
+        self.requests += 1
+        self.latency.add(seconds)
+
+    def error(self, kind: str) -> None:
+        self.requests += 1
+        self.errors[kind] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "retries": self.retries,
+            "errors": dict(self.errors),
+            "latency_s": self.latency.summary(),
+        }
+
+
+class DispatchStats:
+    __slots__ = ("batch_sizes", "batches", "cancelled", "item_latency", "items", "items_failed", "queue_wait", "splits")
+
+    def __init__(self) -> None:
+        self.items = 0
+        self.items_failed = 0
+        self.cancelled = 0
+        self.batches = 0
+        self.splits = 0
+        self.batch_sizes: Counter[int] = Counter()
+        self.queue_wait = Ring()
+        self.item_latency = Ring()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "items_failed": self.items_failed,
+            "cancelled": self.cancelled,
+            "batches": self.batches,
+            "list_splits": self.splits,
+            "batch_size_histogram": dict(sorted(self.batch_sizes.items())),
+            "queue_wait_s": self.queue_wait.summary(),
+            "latency_s": self.item_latency.summary(),
+        }

@@ -1,0 +1,287 @@
+"""Transport: replicas, retries, the per-call deadline, error mapping and SSE, over one engine.
+
+A call's first attempt goes straight to the engine: a success pays nothing for the retry machinery.
+A retryable failure (connection error, 408, 429, 5xx) hands the call to tenacity: exponential
+backoff with jitter, ``Retry-After`` honoured, at most ``max_retries`` more attempts, none
+started or slept past the deadline. With several replicas each attempt goes to the healthy one
+with the fewest outstanding requests, a retry prefers another replica than the one that failed,
+and a replica that fails repeatedly is ejected for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from langchain_qwen_fast._engines import Engine, RawResponse, StreamHandle
+from langchain_qwen_fast._errors import (
+    APIConnectionError,
+    ServerError,
+    connection_error,
+    deadline_error,
+    from_status,
+    invalid_body,
+    is_retryable,
+    server_message,
+)
+from langchain_qwen_fast._stats import EndpointStats
+
+log = logging.getLogger("langchain_qwen_fast")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_retries: int = 2
+    backoff_base: float = 0.5
+    backoff_max: float = 8.0
+    retry_after_max: float = 60.0
+    eject_after: int = 3
+    eject_seconds: float = 5.0
+
+
+def parse_retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("retry-after") or headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+class Endpoint:
+    """One replica's base URL and the health state routing reads."""
+
+    __slots__ = ("base", "ejected_until", "failures", "outstanding", "stats")
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self.outstanding = 0
+        self.failures = 0
+        self.ejected_until = 0.0
+        self.stats = EndpointStats()
+
+
+class Transport:
+    def __init__(self, base_urls: Sequence[str], engine: Engine, retry: RetryPolicy) -> None:
+        if not base_urls:
+            raise ValueError("at least one base_url is needed")
+        self.endpoints = [Endpoint(u) for u in base_urls]
+        self.engine = engine
+        self.retry = retry
+        self._rr = 0
+
+    # -- routing -------------------------------------------------------------------------
+    def _pick(self, avoid: Endpoint | None) -> Endpoint:
+        eps = self.endpoints
+        if len(eps) == 1:
+            return eps[0]
+        now = time.monotonic()
+        healthy = [e for e in eps if e.ejected_until <= now and e is not avoid] or [
+            e for e in eps if e.ejected_until <= now
+        ]
+        if not healthy:  # all ejected: try the one whose ejection ends first
+            return min(eps, key=lambda e: e.ejected_until)
+        self._rr = (self._rr + 1) % len(healthy)
+        rotated = healthy[self._rr :] + healthy[: self._rr]
+        return min(rotated, key=lambda e: e.outstanding)
+
+    def _record_failure(self, ep: Endpoint, exc: BaseException) -> None:
+        ep.stats.error(type(exc).__name__)
+        try:
+            exc._endpoint = ep  # type: ignore[attr-defined]  # lets a retry avoid this replica
+        except AttributeError:
+            pass
+        if isinstance(exc, (APIConnectionError, ServerError)):
+            ep.failures += 1
+            if ep.failures >= self.retry.eject_after and len(self.endpoints) > 1:
+                ep.ejected_until = time.monotonic() + self.retry.eject_seconds
+                log.debug("ejecting replica %s for %.1fs after %d failures", ep.base, self.retry.eject_seconds, ep.failures)
+
+    # -- one attempt ---------------------------------------------------------------------
+    @staticmethod
+    def _remaining(deadline: float, url: str, timeout: float | None) -> float:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise deadline_error(url, timeout)
+        return left
+
+    async def _attempt(
+        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
+        avoid: Endpoint | None, retry: bool = False,
+    ) -> tuple[Endpoint, Any]:
+        ep = self._pick(avoid)
+        ep.stats.retries += retry
+        url = ep.base + path
+        left = self._remaining(deadline, url, timeout)
+        ep.outstanding += 1
+        t0 = time.monotonic()
+        try:
+            try:
+                raw = await self.engine.post(url, body, headers, left)
+            except asyncio.TimeoutError:
+                raise deadline_error(url, timeout) from None
+            data = self._decode(raw, url)
+        except BaseException as e:
+            if isinstance(e, Exception):
+                self._record_failure(ep, e)
+            raise
+        finally:
+            ep.outstanding -= 1
+        ep.failures = 0
+        ep.stats.ok(time.monotonic() - t0)
+        return ep, data
+
+    @staticmethod
+    def _decode(raw: RawResponse, url: str) -> Any:
+        if raw.status >= 400:
+            if raw.body.lstrip()[:1] == b"<":
+                exc = invalid_body(raw.status, raw.body, url, "an HTML error page instead of JSON")
+                if raw.status >= 500:  # a proxy's 502/503 page: the server behind it may come back
+                    exc = from_status(raw.status, raw.body, url)
+                raise exc
+            raise from_status(raw.status, raw.body, url, parse_retry_after(raw.headers))
+        try:
+            return orjson.loads(raw.body)
+        except orjson.JSONDecodeError:
+            declared = raw.headers.get("content-length") or raw.headers.get("Content-Length")
+            if declared and declared.isdigit() and int(declared) > len(raw.body):
+                raise connection_error(url, ValueError("body cut short"), maybe_sent=True) from None
+            raise invalid_body(raw.status, raw.body, url, "the body is not JSON") from None
+
+    # -- retries -------------------------------------------------------------------------
+    def _delay(self, attempt: int, exc: BaseException, deadline: float) -> float:
+        ra = getattr(exc, "retry_after", None)
+        if ra is not None and ra <= self.retry.retry_after_max:
+            delay = ra
+        else:
+            cap = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (attempt - 1))
+            delay = cap * random.uniform(0.5, 1.0)
+        if time.monotonic() + delay >= deadline:
+            raise exc  # sleeping would pass the deadline: fail now with the real reason
+        return delay
+
+    async def post_json(
+        self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
+        timeout: float | None = None,
+    ) -> Any:
+        body = orjson.dumps(payload)
+        try:
+            return (await self._attempt(path, body, headers, deadline, timeout, None))[1]
+        except Exception as first:
+            if not is_retryable(first) or self.retry.max_retries <= 0:
+                raise
+            failed = first
+        return await self._retry(path, body, headers, deadline, timeout, failed)
+
+    async def _retry(
+        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
+        first: BaseException,
+    ) -> Any:
+        avoid: list[Endpoint | None] = [getattr(first, "_endpoint", None)]
+
+        def wait(state: RetryCallState) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            return self._delay(state.attempt_number + 1, exc or first, deadline)
+
+        await asyncio.sleep(self._delay(1, first, deadline))
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.retry.max_retries),
+            wait=wait,
+            retry=retry_if_exception(is_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    return (await self._attempt(path, body, headers, deadline, timeout, avoid[0], True))[1]
+                except Exception as e:
+                    avoid[0] = getattr(e, "_endpoint", None)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- streaming -----------------------------------------------------------------------
+    async def _open(
+        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
+        avoid: Endpoint | None,
+    ) -> tuple[Endpoint, StreamHandle]:
+        ep = self._pick(avoid)
+        url = ep.base + path
+        left = self._remaining(deadline, url, timeout)
+        try:
+            handle = await self.engine.open_stream(url, body, headers, left)
+        except asyncio.TimeoutError:
+            raise deadline_error(url, timeout) from None
+        except Exception as e:
+            self._record_failure(ep, e)
+            raise
+        if handle.status >= 400:
+            raw = await handle.read()
+            await handle.close()
+            exc = from_status(handle.status, raw, url, parse_retry_after(handle.headers))
+            self._record_failure(ep, exc)
+            raise exc
+        return ep, handle
+
+    async def stream_events(
+        self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
+        timeout: float | None = None,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Yield SSE data objects. Retries happen only before the first byte of the stream."""
+        body = orjson.dumps(payload)
+        avoid: Endpoint | None = None
+        for attempt in range(1, self.retry.max_retries + 2):
+            try:
+                ep, handle = await self._open(path, body, headers, deadline, timeout, avoid)
+                break
+            except Exception as e:
+                if not is_retryable(e) or attempt > self.retry.max_retries:
+                    raise
+                await asyncio.sleep(self._delay(attempt, e, deadline))
+                avoid = getattr(e, "_endpoint", None)
+                if avoid is not None:
+                    avoid.stats.retries += 1
+        url = ep.base + path
+        ep.outstanding += 1
+        t0, done = time.monotonic(), False
+        try:
+            try:
+                async for line in handle.lines():
+                    line = line.strip()
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        done = True
+                        break
+                    try:
+                        obj = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        raise invalid_body(200, data, url, "an SSE event that is not JSON") from None
+                    if isinstance(obj, dict) and obj.get("error"):
+                        raise from_status(int(obj["error"].get("code") or 500), data, url)
+                    yield obj
+            except asyncio.TimeoutError:
+                raise deadline_error(url, timeout) from None
+            if not done:
+                raise connection_error(url, ValueError("the stream ended before [DONE]"), maybe_sent=True)
+            ep.stats.ok(time.monotonic() - t0)
+        except Exception as e:
+            self._record_failure(ep, e)
+            raise
+        finally:
+            ep.outstanding -= 1
+            await handle.close()
+
+
+__all__ = ["Endpoint", "RetryPolicy", "Transport", "parse_retry_after", "server_message"]

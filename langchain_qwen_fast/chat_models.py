@@ -1,0 +1,421 @@
+"""``BatchedChatQwen``: fields and LangChain hooks. The work happens in the private modules."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput
+from langchain_core.language_models.chat_models import LangSmithParams
+from langchain_core.messages import AIMessageChunk, BaseMessage
+from langchain_core.outputs import ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langchain_core.utils import from_env, secret_from_env
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+
+from langchain_qwen_fast import _bridge, _structured
+from langchain_qwen_fast._batch import abatch_fast, batch_fast
+from langchain_qwen_fast._batcher import DispatchConfig, Dispatcher
+from langchain_qwen_fast._convert import StreamAssembler
+from langchain_qwen_fast._engines import Limits, make_engine
+from langchain_qwen_fast._errors import ClientClosedError
+from langchain_qwen_fast._request import CallSpec, build_spec, make_item
+from langchain_qwen_fast._runtime import Runtime, get_runtime
+from langchain_qwen_fast._transport import RetryPolicy, Transport
+
+#: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
+_UNSUPPORTED = {
+    "organization": "OpenAI organisations do not exist on a self-hosted server",
+    "openai_organization": "OpenAI organisations do not exist on a self-hosted server",
+    "openai_proxy": "pass an http_async_client configured with the proxy instead",
+    "tiktoken_model_name": "token counting uses the server, not tiktoken",
+    "use_responses_api": "the Responses API is not served for Qwen3; this model uses chat/completions",
+    "reasoning_effort": "Qwen3 has an on/off switch instead: use enable_thinking",
+    "reasoning": "Qwen3 has an on/off switch instead: use enable_thinking",
+    "include_response_headers": "not supported",
+    "service_tier": "not supported by vLLM/SGLang",
+    "store": "not supported by vLLM/SGLang",
+    "verbosity": "not supported by vLLM/SGLang",
+    "default_query": "put query parameters into base_url",
+    "disabled_params": "not needed: parameters are sent as given",
+}
+_DEFAULT_BASE_URL = "http://localhost:8000/v1"
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class _Lease:
+    __slots__ = ("closed", "disp", "key", "rt")
+
+    def __init__(self, rt: Runtime, key: Any, disp: Dispatcher) -> None:
+        self.rt, self.key, self.disp, self.closed = rt, key, disp, False
+
+
+class BatchedChatQwen(BaseChatModel):
+    """Drop-in ``ChatOpenAI`` for Qwen3 on vLLM/SGLang that keeps the server busy from any caller.
+
+    Sync ``.batch`` is one submission to a background loop (no thread pool); ``.abatch`` is
+    bounded by a pool-wide admission limit; every instance with the same endpoint settings shares
+    one connection pool and one dispatcher. See README.md for every field and its default.
+    """
+
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
+
+    # -- ChatOpenAI-compatible fields -----------------------------------------------------------
+    model_name: str = Field(default_factory=from_env("QWEN_MODEL", default="Qwen/Qwen3-0.6B"), alias="model")
+    base_url: str | list[str] = Field(
+        default_factory=from_env(("QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"), default=_DEFAULT_BASE_URL),
+        alias="openai_api_base",
+    )
+    api_key: SecretStr | None = Field(
+        default_factory=secret_from_env(("QWEN_API_KEY", "OPENAI_API_KEY"), default=None), alias="openai_api_key"
+    )
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    stop: list[str] | str | None = Field(default=None, alias="stop_sequences")
+    seed: int | None = None
+    n: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logit_bias: dict[int, int] | None = None
+    timeout: float | None = Field(default=None, alias="request_timeout")
+    max_retries: int = 2
+    streaming: bool = False
+    stream_usage: bool = True
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    extra_body: dict[str, Any] | None = None
+    default_headers: dict[str, str] | None = None
+    http_client: Any = Field(default=None, exclude=True)
+    http_async_client: Any = Field(default=None, exclude=True)
+
+    # -- Qwen3 and throughput fields ------------------------------------------------------------
+    enable_thinking: bool = False
+    top_k: int | None = None
+    min_p: float | None = None
+    wire_mode: Literal["chat", "completions"] = "chat"
+    max_concurrency: int = Field(default=256, ge=1)
+    max_batch_size: int = Field(default=32, ge=1)
+    max_wait_ms: float = Field(default=2.0, ge=0)
+    max_batch_tokens: int = Field(default=32768, ge=1)
+    max_connections: int = Field(default=2048, ge=1)
+    http_engine: Literal["aiohttp", "httpx"] = "aiohttp"
+
+    _lease: _Lease | None = PrivateAttr(default=None)
+    _closed: bool = PrivateAttr(default=False)
+    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+
+    # -- validation -------------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported_and_extra(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for key, why in _UNSUPPORTED.items():
+            if key in values:
+                value = values.pop(key)
+                if value not in (None, False):
+                    warnings.warn(f"BatchedChatQwen ignores {key}={value!r}: {why}", UserWarning, stacklevel=4)
+        known = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
+        extra = {k: values.pop(k) for k in list(values) if k not in known}
+        if extra:
+            mk = dict(values.get("model_kwargs") or {})
+            for k, v in extra.items():
+                warnings.warn(
+                    f"{k!r} is not a BatchedChatQwen field; it is sent to the server in the request body "
+                    "(as ChatOpenAI does with unknown arguments). Put it in model_kwargs to silence this.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+                mk[k] = v
+            values["model_kwargs"] = mk
+        return values
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _coerce_timeout(cls, v: Any) -> float | None:
+        if v is None or isinstance(v, (int, float)):
+            return None if v is None else float(v)
+        if isinstance(v, tuple):  # ChatOpenAI accepts (connect, read); the deadline is the read part
+            return float(v[-1]) if v and v[-1] is not None else None
+        read = getattr(v, "read", None)  # httpx.Timeout
+        return float(read) if read is not None else None
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, v: str | list[str]) -> str | list[str]:
+        urls = [v] if isinstance(v, str) else list(v)
+        if not urls:
+            raise ValueError("base_url list is empty")
+        for u in urls:
+            parts = urlsplit(u)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(
+                    f"base_url {u!r} has no http:// or https:// scheme; use e.g. 'http://{u.split('://')[-1]}'"
+                )
+        return v
+
+    @model_validator(mode="after")
+    def _check_key_over_http(self) -> BatchedChatQwen:
+        if self.api_key is not None and self.api_key.get_secret_value() not in ("", "EMPTY"):
+            for u in self.base_urls:
+                parts = urlsplit(u)
+                if parts.scheme == "http" and not _is_loopback(parts.hostname):
+                    warnings.warn(
+                        f"an api_key will be sent over plain http to {parts.hostname}; use https for non-local servers",
+                        UserWarning,
+                        stacklevel=3,
+                    )
+        return self
+
+    # -- LangChain identity ----------------------------------------------------------------------
+    @property
+    def _llm_type(self) -> str:
+        return "qwen-fast"
+
+    @property
+    def lc_secrets(self) -> dict[str, str]:
+        return {"api_key": "QWEN_API_KEY"}
+
+    @classmethod
+    def is_lc_serializable(cls) -> bool:
+        return True
+
+    @classmethod
+    def get_lc_namespace(cls) -> list[str]:
+        return ["langchain_qwen_fast", "chat_models"]
+
+    @property
+    def base_urls(self) -> list[str]:
+        return [self.base_url] if isinstance(self.base_url, str) else list(self.base_url)
+
+    @property
+    def _default_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "model": self.model_name,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+            "n": self.n,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "presence_penalty": self.presence_penalty,
+            "frequency_penalty": self.frequency_penalty,
+            "logit_bias": self.logit_bias,
+            "stop": [self.stop] if isinstance(self.stop, str) else self.stop,
+            **self.model_kwargs,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "base_url": self.base_url, **self._default_params}
+
+    def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        return {"model": self.model_name, **super()._get_invocation_params(stop=stop, **kwargs),
+                **self._default_params, **kwargs}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = self._get_invocation_params(stop=stop, **kwargs)
+        ls = LangSmithParams(
+            ls_provider="qwen",
+            ls_model_name=params.get("model", self.model_name),
+            ls_model_type="chat",
+            ls_temperature=params.get("temperature", self.temperature),
+        )
+        if (mt := params.get("max_tokens", self.max_tokens)) is not None:
+            ls["ls_max_tokens"] = mt
+        if ls_stop := stop or params.get("stop", None) or self.stop:
+            ls["ls_stop"] = [ls_stop] if isinstance(ls_stop, str) else list(ls_stop)
+        return ls
+
+    # -- the shared pool ---------------------------------------------------------------------------
+    def _dispatcher(self) -> tuple[Runtime, Dispatcher]:
+        lease = self._lease
+        rt = get_runtime()
+        if lease is not None and not lease.closed and lease.rt is rt:
+            return rt, lease.disp
+        with self._lock:
+            if self._closed:
+                raise ClientClosedError("this BatchedChatQwen was closed; create a new instance to call it again")
+            cfg = DispatchConfig(self.max_concurrency, self.max_batch_size, self.max_wait_ms, self.max_batch_tokens)
+            limits = Limits(max_connections=self.max_connections)
+            retry = RetryPolicy(max_retries=max(0, self.max_retries))
+            key = ("dispatcher", tuple(self.base_urls), self.http_engine, id(self.http_async_client),
+                   id(self.http_client), retry, cfg, limits)
+            urls, engine_kind, ac, sc = self.base_urls, self.http_engine, self.http_async_client, self.http_client
+
+            def factory() -> Dispatcher:
+                return Dispatcher(Transport(urls, make_engine(engine_kind, limits, ac, sc), retry), cfg)
+
+            disp = rt.acquire(key, factory)
+            self._lease = _Lease(rt, key, disp)  # type: ignore[arg-type]
+            return rt, disp  # type: ignore[return-value]
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key is not None and self.api_key.get_secret_value():
+            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
+        if self.default_headers:
+            headers.update(self.default_headers)
+        return headers
+
+    def _spec(self, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any], stream: bool = False) -> CallSpec:
+        base = self._default_params
+        if self.extra_body:
+            kwargs = {**kwargs, "extra_body": {**self.extra_body, **(kwargs.get("extra_body") or {})}}
+        return build_spec(base, self._headers(), self.timeout, self.model_name, self.enable_thinking,
+                          "chat" if stream else self.wire_mode, stop, kwargs)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot: items, batches, batch sizes, queue wait, latency, retries and errors per endpoint."""
+        _, disp = self._dispatcher()
+        snap = disp.snapshot()
+        snap["endpoints"] = {ep.base: {**ep.stats.snapshot(), "outstanding": ep.outstanding,
+                                       "ejected": ep.ejected_until > 0 and ep.failures > 0}
+                             for ep in disp.transport.endpoints}
+        return snap
+
+    # -- generation hooks --------------------------------------------------------------------------
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        item = make_item(self._spec(stop, kwargs), messages)
+        rt, disp = self._dispatcher()
+        return _bridge.call_one(rt, disp, item)  # type: ignore[no-any-return]
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        item = make_item(self._spec(stop, kwargs), messages)
+        rt, disp = self._dispatcher()
+        return await _bridge.acall_one(rt, disp, item)  # type: ignore[no-any-return]
+
+    def _stream_opener(self, messages: list[BaseMessage], stop: list[str] | None,
+                       kwargs: dict[str, Any]) -> tuple[Runtime, Dispatcher, Callable[[], AsyncIterator[Any]]]:
+        kwargs.pop("stream", None)
+        usage = kwargs.pop("stream_usage", None)
+        spec = self._spec(stop, kwargs, stream=True)
+        payload = make_item(spec, messages).payload
+        payload["stream"] = True
+        if self.stream_usage if usage is None else usage:
+            payload["stream_options"] = {"include_usage": True}
+        rt, disp = self._dispatcher()
+
+        def open_events() -> AsyncIterator[Any]:
+            import time
+
+            deadline = time.monotonic() + (spec.timeout if spec.timeout is not None else 600.0)
+            return disp.transport.stream_events("/chat/completions", payload, spec.headers, deadline, spec.timeout)
+
+        return rt, disp, open_events
+
+    @staticmethod
+    def _mark_last(chunks: Iterator[ChatGenerationChunk]) -> Iterator[ChatGenerationChunk]:
+        prev = None
+        for c in chunks:
+            if prev is not None:
+                yield prev
+            prev = c
+        if prev is not None:
+            if isinstance(prev.message, AIMessageChunk):
+                prev.message.chunk_position = "last"
+            yield prev
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        rt, disp, opener = self._stream_opener(messages, stop, kwargs)
+        asm = StreamAssembler(self.model_name)
+        converted = (asm.convert(ev) for ev in _bridge.stream_events(rt, disp, opener))
+        yield from self._mark_last(c for c in converted if c is not None)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        rt, disp, opener = self._stream_opener(messages, stop, kwargs)
+        asm = StreamAssembler(self.model_name)
+        prev: ChatGenerationChunk | None = None
+        async for ev in _bridge.astream_events(rt, disp, opener):
+            chunk = asm.convert(ev)
+            if chunk is None:
+                continue
+            if prev is not None:
+                yield prev
+            prev = chunk
+        if prev is not None:
+            if isinstance(prev.message, AIMessageChunk):
+                prev.message.chunk_position = "last"
+            yield prev
+
+    # -- batch: one submission, bounded, no thread pool ---------------------------------------------
+    def batch(self, inputs: list[LanguageModelInput], config: RunnableConfig | list[RunnableConfig] | None = None,
+              *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        return batch_fast(self, inputs, config, return_exceptions, kwargs)
+
+    async def abatch(self, inputs: list[LanguageModelInput],
+                     config: RunnableConfig | list[RunnableConfig] | None = None,
+                     *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+        return await abatch_fast(self, inputs, config, return_exceptions, kwargs)
+
+    # -- tools and structure -------------------------------------------------------------------------
+    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool], *,
+                   tool_choice: dict[str, Any] | str | bool | None = None, strict: bool | None = None,
+                   parallel_tool_calls: bool | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessageChunk]:
+        return _structured.bind_tools(self, tools, tool_choice=tool_choice, strict=strict,
+                                      parallel_tool_calls=parallel_tool_calls, **kwargs)
+
+    def with_structured_output(self, schema: dict[str, Any] | type | None = None, *,
+                               method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+                               include_raw: bool = False, strict: bool | None = None,
+                               **kwargs: Any) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        return _structured.with_structured_output(self, schema, method=method, include_raw=include_raw,
+                                                  strict=strict, **kwargs)
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """End this instance's use of the shared pool; the pool closes with its last user."""
+        with self._lock:
+            self._closed = True
+            lease, self._lease = self._lease, None
+        if lease is not None and not lease.closed:
+            lease.closed = True
+            lease.rt.release_sync(lease.key)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._closed = True
+            lease, self._lease = self._lease, None
+        if lease is not None and not lease.closed:
+            lease.closed = True
+            pending = lease.rt.release(lease.key)
+            if pending is not None:
+                await pending
+
+    def __enter__(self) -> BatchedChatQwen:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> BatchedChatQwen:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
