@@ -41,7 +41,7 @@ _SPLITTABLE = (BadRequestError, ContextLengthError)
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    max_concurrency: int = 256
+    max_concurrency: int = 512
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_batch_tokens: int = 32768
@@ -215,14 +215,22 @@ class Dispatcher:
         else:
             item.future.set_result(result)
 
+    def _abandon(self, item: Item) -> None:
+        """The request was cancelled: by its caller (cancel the future) or by close() (say so)."""
+        if item.future.done():
+            return
+        if self.closed:
+            item.future.set_exception(ClientClosedError("the model was closed while this call was in flight"))
+        else:
+            item.future.cancel()
+
     async def _run_chat(self, item: Item) -> None:
         deadline, timeout = self._deadline([item])
         try:
             resp = await self.transport.post_json("/chat/completions", item.payload, item.headers, deadline, timeout)
             self._settle(item, chat_response_to_result(resp, item.model))
         except asyncio.CancelledError:
-            if not item.future.done():
-                item.future.cancel()
+            self._abandon(item)
             raise
         except Exception as e:
             self._settle(item, exc=e)
@@ -237,8 +245,7 @@ class Dispatcher:
         except BaseException as e:  # never leave an item without an outcome
             for it in items:
                 if isinstance(e, asyncio.CancelledError):
-                    if not it.future.done():
-                        it.future.cancel()
+                    self._abandon(it)
                 else:
                     self._settle(it, exc=e)
             if isinstance(e, asyncio.CancelledError):

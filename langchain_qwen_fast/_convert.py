@@ -113,7 +113,8 @@ def message_to_dict(message: BaseMessage, index: int = 0) -> dict[str, Any]:
     if isinstance(message, ToolMessage):
         content = _text_of(message.content, where)
         if not isinstance(content, str):
-            content = "".join(p.get("text", "") for p in content)
+            # vLLM joins a list of text parts with newlines; do the same so both forms agree.
+            content = "\n".join(p.get("text", "") for p in content)
         return {"role": "tool", "tool_call_id": message.tool_call_id, "content": content}
     raise ValueError(f"{where}: unsupported message type; use System/Human/AI/Tool messages")
 
@@ -131,7 +132,11 @@ def usage_to_metadata(usage: Mapping[str, Any]) -> UsageMetadata:
     total = usage.get("total_tokens")
     prompt_details = usage.get("prompt_tokens_details") or {}
     completion_details = usage.get("completion_tokens_details") or {}
-    in_details = {"audio": prompt_details.get("audio_tokens"), "cache_read": prompt_details.get("cached_tokens")}
+    in_details = {
+        "audio": prompt_details.get("audio_tokens"),
+        "cache_read": prompt_details.get("cached_tokens"),
+        "cache_creation": prompt_details.get("cache_write_tokens"),
+    }
     out_details = {
         "audio": completion_details.get("audio_tokens"),
         "reasoning": completion_details.get("reasoning_tokens"),
@@ -178,7 +183,8 @@ def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any
         "token_usage": resp.get("usage"),
         "model_provider": MODEL_PROVIDER,
         "model_name": resp.get("model") or model_fallback,
-        "system_fingerprint": resp.get("system_fingerprint") or "",
+        # ChatOpenAI (through the openai SDK) reports None when the server sends no fingerprint.
+        "system_fingerprint": resp.get("system_fingerprint"),
     }
     if "id" in resp:
         out["id"] = resp["id"]
@@ -259,6 +265,7 @@ class StreamAssembler:
     def __init__(self, model_fallback: str) -> None:
         self.model_fallback = model_fallback
         self._in_think = False
+        self._after_think = False
 
     def convert(self, chunk: Mapping[str, Any]) -> ChatGenerationChunk | None:
         usage = chunk.get("usage")
@@ -311,6 +318,16 @@ class StreamAssembler:
             if "</think>" in content:
                 head, _, tail = content.partition("</think>")
                 self._in_think = False
-                return head, tail.lstrip("\n")
+                self._after_think = True
+                return head, self._drop_leading_newlines(tail)
             return content, ""
+        if self._after_think:
+            return None, self._drop_leading_newlines(content)
         return None, content
+
+    def _drop_leading_newlines(self, text: str) -> str:
+        # As split_reasoning does; the "\n\n" after </think> is usually a delta of its own.
+        text = text.lstrip("\n")
+        if text:
+            self._after_think = False
+        return text

@@ -94,6 +94,9 @@ class _AiohttpStream:
 class AiohttpEngine:
     """aiohttp session with one keep-alive connector, created lazily on the running loop."""
 
+    #: aiohttp's ``ClientTimeout(total=...)`` bounds the whole exchange, so no extra timer is needed.
+    enforces_deadline = True
+
     def __init__(self, limits: Limits, ssl_context: ssl.SSLContext | bool = True) -> None:
         self.limits = limits
         self._ssl = ssl_context

@@ -135,8 +135,12 @@ def from_status(status: int, body: bytes, url: str, retry_after: float | None = 
     cls: type[_HTTPInfo]
     if status == 404:
         cls = NotFoundError
-        if not url.split("?")[0].rsplit("/", 2)[0].endswith("/v1"):
-            root = url.split("/chat/completions")[0].split("/completions")[0]
+        root = url.split("?")[0]
+        for suffix in ("/chat/completions", "/completions"):  # the path we appended to base_url
+            if root.endswith(suffix):
+                root = root[: -len(suffix)]
+                break
+        if not root.rstrip("/").endswith("/v1"):
             text += f" -- the base_url has no /v1 suffix; OpenAI-compatible servers answer under {root}/v1"
     elif status in (400, 413, 422) and any(m in msg.lower() for m in _CONTEXT_MARKERS):
         cls = ContextLengthError

@@ -128,7 +128,10 @@ class Transport:
         t0 = time.monotonic()
         try:
             try:
-                raw = await self.engine.post(url, body, headers, left)
+                if getattr(self.engine, "enforces_deadline", False):
+                    raw = await self.engine.post(url, body, headers, left)
+                else:  # httpx times out per phase (and mocks not at all): bound the whole exchange here
+                    raw = await asyncio.wait_for(self.engine.post(url, body, headers, left), left)
             except asyncio.TimeoutError:
                 raise deadline_error(url, timeout) from None
             data = self._decode(raw, url)
@@ -219,7 +222,7 @@ class Transport:
         url = ep.base + path
         left = self._remaining(deadline, url, timeout)
         try:
-            handle = await self.engine.open_stream(url, body, headers, left)
+            handle = await asyncio.wait_for(self.engine.open_stream(url, body, headers, left), left)
         except asyncio.TimeoutError:
             raise deadline_error(url, timeout) from None
         except Exception as e:

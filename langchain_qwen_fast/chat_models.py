@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -85,7 +86,7 @@ class BatchedChatQwen(BaseChatModel):
     )
     temperature: float | None = None
     top_p: float | None = None
-    max_tokens: int | None = Field(default=None, alias="max_completion_tokens")
+    max_tokens: int | None = Field(default=None, alias="max_completion_tokens", gt=0)
     stop: list[str] | str | None = Field(default=None, alias="stop_sequences")
     seed: int | None = None
     n: int | None = None
@@ -108,8 +109,8 @@ class BatchedChatQwen(BaseChatModel):
     enable_thinking: bool = False
     top_k: int | None = None
     min_p: float | None = None
-    wire_mode: Literal["chat", "completions"] = "chat"
-    max_concurrency: int = Field(default=256, ge=1)
+    wire_mode: Literal["chat", "completions"] = "completions"
+    max_concurrency: int = Field(default=512, ge=1)
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=2.0, ge=0)
     max_batch_tokens: int = Field(default=32768, ge=1)
@@ -282,7 +283,14 @@ class BatchedChatQwen(BaseChatModel):
     def _spec(self, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any], stream: bool = False) -> CallSpec:
         base = self._default_params
         if self.extra_body:
-            kwargs = {**kwargs, "extra_body": {**self.extra_body, **(kwargs.get("extra_body") or {})}}
+            call_extra = kwargs.get("extra_body") or {}
+            merged = {**self.extra_body, **call_extra}
+            if isinstance(self.extra_body.get("chat_template_kwargs"), Mapping) and isinstance(
+                call_extra.get("chat_template_kwargs"), Mapping
+            ):  # one level deeper: a call's template kwargs add to the model's, never replace them
+                merged["chat_template_kwargs"] = {**self.extra_body["chat_template_kwargs"],
+                                                  **call_extra["chat_template_kwargs"]}
+            kwargs = {**kwargs, "extra_body": merged}
         return build_spec(base, self._headers(), self.timeout, self.model_name, self.enable_thinking,
                           "chat" if stream else self.wire_mode, stop, kwargs)
 
@@ -291,7 +299,7 @@ class BatchedChatQwen(BaseChatModel):
         _, disp = self._dispatcher()
         snap = disp.snapshot()
         snap["endpoints"] = {ep.base: {**ep.stats.snapshot(), "outstanding": ep.outstanding,
-                                       "ejected": ep.ejected_until > 0 and ep.failures > 0}
+                                       "ejected": ep.ejected_until > time.monotonic()}
                              for ep in disp.transport.endpoints}
         return snap
 
@@ -320,8 +328,6 @@ class BatchedChatQwen(BaseChatModel):
         rt, disp = self._dispatcher()
 
         def open_events() -> AsyncIterator[Any]:
-            import time
-
             deadline = time.monotonic() + (spec.timeout if spec.timeout is not None else 600.0)
             return disp.transport.stream_events("/chat/completions", payload, spec.headers, deadline, spec.timeout)
 

@@ -1,0 +1,107 @@
+"""The api key is sent to the server and shown nowhere else: repr, dumps, errors, logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+import pytest
+from _qwen_fakes import MOCK_URL
+from langchain_core.load import dumpd, dumps
+
+from langchain_qwen_fast import AuthenticationError, ServerError
+
+SECRET = "sk-SECRET-7f3a9c-do-not-print"
+PROMPT = "my-private-prompt-text-4821"
+
+
+def test_authorization_header_carries_the_key(mock_model: Any) -> None:
+    model, rec = mock_model(api_key=SECRET)
+    model.invoke("hi")
+    assert rec.requests[0]["headers"]["authorization"] == f"Bearer {SECRET}"
+
+
+def test_key_from_env_is_sent(mock_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QWEN_API_KEY", "sk-from-env-123")
+    model, rec = mock_model()
+    model.invoke("hi")
+    assert rec.requests[0]["headers"]["authorization"] == "Bearer sk-from-env-123"
+
+
+def test_no_key_means_no_authorization_header(
+    mock_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("QWEN_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    model, rec = mock_model()
+    model.invoke("hi")
+    assert "authorization" not in rec.requests[0]["headers"]
+
+
+def test_default_headers_are_sent(mock_model: Any) -> None:
+    model, rec = mock_model(default_headers={"X-Team": "search"})
+    model.invoke("hi")
+    assert rec.requests[0]["headers"]["x-team"] == "search"
+
+
+def test_key_absent_from_repr_str_dump_and_ls_params(mock_model: Any) -> None:
+    model, _ = mock_model(api_key=SECRET)
+    assert model.api_key is not None and model.api_key.get_secret_value() == SECRET
+    for text in (
+        repr(model),
+        str(model),
+        model.model_dump_json(),
+        str(model.model_dump()),
+        dumps(model),
+        json.dumps(dumpd(model)),
+        str(model._get_ls_params()),
+        str(model._identifying_params),
+        str(model._get_invocation_params()),
+    ):
+        assert SECRET not in text
+
+
+def test_key_absent_from_auth_error_message(mock_model: Any) -> None:
+    model, _ = mock_model(
+        lambda p, r: httpx.Response(
+            401, json={"error": {"message": "Invalid API key", "code": 401}}
+        ),
+        api_key=SECRET,
+    )
+    with pytest.raises(AuthenticationError) as ei:
+        model.invoke("hi")
+    exc = ei.value
+    assert "Invalid API key" in str(exc)
+    for text in (str(exc), repr(exc), str(exc.body), str(exc.url), str(exc.args)):
+        assert SECRET not in text
+
+
+def test_key_and_prompt_absent_from_debug_logs(
+    mock_model: Any, fast_backoff: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    model, _ = mock_model(api_key=SECRET)
+    failing, frec = mock_model(
+        lambda p, r: httpx.Response(503, json={"error": {"message": "overloaded", "code": 503}}),
+        api_key=SECRET,
+        base_url=[MOCK_URL, "http://127.0.0.2:9/v1"],
+        max_retries=2,
+    )
+    unauthorised, _ = mock_model(
+        lambda p, r: httpx.Response(401, json={"error": {"message": "bad key", "code": 401}}),
+        api_key=SECRET,
+    )
+    with caplog.at_level(logging.DEBUG):
+        assert model.invoke(PROMPT).content == f"echo:{PROMPT}"
+        for _ in range(3):
+            with pytest.raises(ServerError):
+                failing.invoke(PROMPT)
+        with pytest.raises(AuthenticationError):
+            unauthorised.invoke(PROMPT)
+    assert frec.count == 9
+    ours = [r for r in caplog.records if r.name.startswith("langchain_qwen_fast")]
+    assert ours, "expected some DEBUG records from langchain_qwen_fast (replica ejection)"
+    text = caplog.text + " ".join(str(r.args) for r in caplog.records)
+    assert SECRET not in text
+    assert PROMPT not in " ".join(r.getMessage() for r in ours)
