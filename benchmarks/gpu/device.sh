@@ -1,0 +1,92 @@
+#!/bin/bash
+# Runs ON the GPU machine, from the repo root. One vLLM server session serves every phase while the
+# machine stays warm: the server is started with setsid and outlives the call that started it.
+#   bash benchmarks/gpu/device.sh bench128   # unpack if cold, start the server if down, 128-token plan
+#   bash benchmarks/gpu/device.sh bench32    # same server: 32-token plan, open loop, sweeps
+#   bash benchmarks/gpu/device.sh offline    # stop the server, then the offline engine limit
+# Carried folders (see benchmarks/gpu/README.md): .gpu1 (server + client site tarballs from
+# ../shared/gpu-blobs), .gpu-kit (the kit: model/ and offline_bench.py), .gpu3 (this project's wheel).
+set -u
+PHASE=${1:?phase}
+T0=$(date +%s)
+OUTD=${OUT:-/tmp/out}; mkdir -p "$OUTD"
+exec > >(tee -a "$OUTD/device_$PHASE.log") 2>&1
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0 \
+       PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+BUDGET=${BUDGET:-575}
+DEADLINE=$(( T0 + BUDGET - 25 ))
+echo "== $PHASE start $(date -u) cores $(nproc)"
+
+unpack() {  # tarball dest marker
+  [ -e "$3" ] && return 0
+  [ -f "$1" ] || return 0
+  python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2" || { echo "unpack $1 failed"; exit 4; }
+  echo "unpacked $1 at $(( $(date +%s) - T0 )) s"
+}
+mkdir -p /tmp/site /tmp/csite
+for d in .gpu1 .gpu1b; do
+  unpack $d/vllm_strip.tar.xz /tmp/site /tmp/site/vllm/__init__.py
+  unpack $d/ssite.tar.xz /tmp/site /tmp/site/fastapi/__init__.py
+  unpack $d/extra.tar.xz /tmp/site /tmp/site/xgrammar/__init__.py
+  unpack $d/csite.tar.xz /tmp/csite /tmp/csite/langchain_openai/__init__.py
+done
+for m in /tmp/site/vllm/__init__.py /tmp/site/xgrammar/__init__.py /tmp/csite/langchain_openai/__init__.py; do
+  [ -f $m ] || { echo "COLD: $m missing; carry .gpu1 again"; exit 3; }
+done
+if [ ! -f /tmp/model/tokenizer.json ]; then
+  rm -rf /tmp/model; cp -r .gpu-kit/model /tmp/model
+  python3 -c "import lzma; open('/tmp/model/tokenizer.json','wb').write(lzma.open('/tmp/model/tokenizer.json.xz').read())"
+  rm -f /tmp/model/tokenizer.json.xz
+fi
+[ -d .gpu3 ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/csite .gpu3/*.whl
+CPY="env PYTHONPATH=/tmp/csite python3"
+health() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; }
+
+start_server() {
+  health && { echo "server already up (pid $(cat /tmp/vllm.pid 2>/dev/null))"; return 0; }
+  echo "== server start $(date -u)"
+  S0=$(date +%s)
+  PYTHONPATH=/tmp/site setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
+    --served-model-name Qwen-0.6B --host 127.0.0.1 --port 8000 --chat-template /tmp/model/chat_template.jinja \
+    > /tmp/vllm.log 2>&1 &
+  echo $! > /tmp/vllm.pid
+  for i in $(seq 1 500); do
+    health && break
+    kill -0 "$(cat /tmp/vllm.pid)" 2>/dev/null || { echo "server died"; tail -40 /tmp/vllm.log; return 1; }
+    sleep 0.5
+  done
+  echo "SERVER_STARTUP_S $(( $(date +%s) - S0 ))"
+}
+stop_server() {
+  [ -f /tmp/vllm.pid ] || return 0
+  P=$(cat /tmp/vllm.pid); kill -TERM -- -"$P" 2>/dev/null; sleep 4; kill -KILL -- -"$P" 2>/dev/null; rm -f /tmp/vllm.pid
+}
+versions() {
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  $CPY -c "import sys, vllm" 2>/dev/null
+  PYTHONPATH=/tmp/site python3 -c "import vllm, torch, sys; print('vllm', vllm.__version__, 'torch', torch.__version__, 'python', sys.version.split()[0])"
+  $CPY -c "import langchain_core, langchain_openai, openai, aiohttp, httpx, langchain_qwen_fast as q; print('langchain-core', langchain_core.__version__, 'openai', openai.__version__, 'aiohttp', aiohttp.__version__, 'httpx', httpx.__version__, 'langchain-qwen-fast', q.__version__)"
+}
+run_plan() {  # max_tokens n extra-args...
+  MT=$1; N=$2; shift 2
+  $CPY -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --plan gpu --max-tokens "$MT" --n "$N" \
+     --rounds 2 --deadline "$DEADLINE" --out "$OUTD/gpu_m$MT.jsonl" --tag "$PHASE" "$@" | cut -c1-260
+}
+
+case "$PHASE" in
+  bench128)
+    versions; start_server || exit 5
+    run_plan 128 1500 --poisson 0.5,0.9 --poisson-seconds 15 ;;
+  bench32)
+    start_server || exit 5
+    run_plan 32 3000 --poisson 0.5,0.9 --poisson-seconds 10 --sweep ;;
+  offline)
+    stop_server
+    timeout $(( DEADLINE - $(date +%s) )) env PYTHONPATH=/tmp/site python3 .gpu-kit/offline_bench.py /tmp/model \
+      "$OUTD/offline.json" --max-tokens 128,32 > "$OUTD/offline.log" 2>&1; echo "offline rc=$?"; tail -3 "$OUTD/offline.log" ;;
+  stop) stop_server ;;
+  *) echo "unknown phase $PHASE"; exit 2 ;;
+esac
+grep -E "Maximum concurrency|KV cache|max_num_seqs|Default sampling" /tmp/vllm.log 2>/dev/null | cut -c1-200 | tail -5
+cp /tmp/vllm.log "$OUTD/vllm_$PHASE.log" 2>/dev/null
+echo "== $PHASE done in $(( $(date +%s) - T0 )) s"

@@ -1,0 +1,122 @@
+"""Run a benchmark plan: scenarios interleaved over rounds, one JSON line per run, with a deadline.
+
+    python -m langchain_qwen_fast.bench.run --base-url URL --plan gpu --max-tokens 128 --n 1500 --rounds 2 --out F.jsonl
+
+Plans name scenario lists; rounds repeat the whole list so slow drift (thermal, caches, a warming
+server) spreads over every scenario instead of biasing the ones that ran last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from langchain_qwen_fast.bench import scenarios as S
+
+Plan = list[tuple[str, Callable[[S.Workload], dict[str, Any]]]]
+
+
+def plan(name: str) -> Plan:
+    qwen = [(f"qwen_{how}_{mode}", lambda w, h=how, m=mode: S.qwen_scenario(w, h, m))
+            for mode in ("chat", "completions") for how in ("batch", "abatch", "threads32")]
+    openai = [("openai_batch_default", lambda w: S.openai_scenario(w, "batch")),
+              ("openai_batch_c256", lambda w: S.openai_scenario(w, "batch", 256)),
+              ("openai_abatch_default", lambda w: S.openai_scenario(w, "abatch"))]
+    raw = [("raw_aiohttp_chat_c256", lambda w: S.raw_scenario(w, "chat", 256)),
+           ("raw_aiohttp_list32_x16", lambda w: S.raw_scenario(w, "list", 16, 32))]
+    if name == "gpu":
+        return [*raw, *qwen, *openai]
+    if name == "cpu":
+        return [*raw, *qwen, *openai]
+    if name == "serial":
+        return [("httpx_serial", S.httpx_serial),
+                ("qwen_serial_chat", lambda w: S.qwen_scenario(w, "serial", "chat")),
+                ("openai_serial", lambda w: S.openai_scenario(w, "serial"))]
+    raise ValueError(f"unknown plan {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--base-url", required=True)
+    ap.add_argument("--plan", default="gpu")
+    ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--deadline", type=float, default=0, help="unix time after which no new run starts")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--poisson", default="", help="fractions of the best raw req/s in --out, e.g. 0.5,0.9")
+    ap.add_argument("--poisson-seconds", type=float, default=20.0)
+    ap.add_argument("--sweep", action="store_true", help="BatchedChatQwen batch over N and admission limits")
+    a = ap.parse_args(argv)
+    w = S.Workload(base_url=a.base_url, max_tokens=a.max_tokens, n=a.n)
+    steps = plan(a.plan)
+    if a.only:
+        keep = set(a.only.split(","))
+        steps = [s for s in steps if s[0] in keep]
+    # warm-up: first-call costs (imports, connection pools, the server's prefix cache) paid outside the timings
+    warm = S.Workload(a.base_url, max_tokens=a.max_tokens, n=256)
+    S.raw_scenario(warm, "chat", 64)
+    if a.plan != "serial":
+        S.qwen_scenario(warm, "batch", "chat")
+        S.openai_scenario(warm, "batch", 256)
+    for rnd in range(a.rounds):
+        for name, fn in steps:
+            if a.deadline and time.time() > a.deadline:
+                print(f"deadline reached before {name} round {rnd}", file=sys.stderr, flush=True)
+                return
+            try:
+                row = fn(w)
+            except Exception as e:  # a failed scenario is a row, not the end of the run
+                row = {"scenario": name, "max_tokens": w.max_tokens, "n": w.n, "failure": f"{type(e).__name__}: {e}"[:300]}
+            row.update(round=rnd, tag=a.tag, t=time.time())
+            emit(a.out, row)
+    if a.poisson:
+        best = best_raw(a.out, a.max_tokens)
+        for frac in [float(x) for x in a.poisson.split(",")]:
+            for client, mode in (("qwen", "chat"), ("qwen", "completions"), ("openai", "chat")):
+                if a.deadline and time.time() > a.deadline:
+                    return
+                row = S.poisson_scenario(w, client, best * frac, a.poisson_seconds, mode=mode)
+                row.update(load_fraction=frac, best_raw_req_s=best, tag=a.tag, t=time.time())
+                emit(a.out, row)
+    if a.sweep:
+        for n in (1000, 3000, 10000):
+            for mode in ("chat", "completions"):
+                run_one(a, S.Workload(a.base_url, max_tokens=a.max_tokens, n=n), mode, None, "sweep_n")
+        for limit in (64, 128, 256, 512, 1024):
+            for mode in ("chat", "completions"):
+                run_one(a, w, mode, limit, "sweep_admission")
+
+
+def run_one(a: argparse.Namespace, w: S.Workload, mode: str, limit: int | None, kind: str) -> None:
+    if a.deadline and time.time() > a.deadline:
+        return
+    kw = {"max_concurrency": limit} if limit else {}
+    row = S.qwen_scenario(w, "batch", mode, **kw)
+    row.update(sweep=kind, admission_limit=limit or 256, tag=a.tag, t=time.time())
+    emit(a.out, row)
+
+
+def emit(path: str, row: dict[str, Any]) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+    print(json.dumps(row), flush=True)
+
+
+def best_raw(path: str, max_tokens: int) -> float:
+    rows = [json.loads(line) for line in open(path)]
+    vals = [r["req_s"] for r in rows if r.get("scenario", "").startswith("raw_") and r.get("max_tokens") == max_tokens
+            and r.get("req_s") and not r.get("errors")]
+    if not vals:
+        raise SystemExit("no raw rows to derive the open-loop rate from")
+    return max(vals)
+
+
+if __name__ == "__main__":
+    main()
