@@ -22,7 +22,7 @@ _LIST_SAFE = frozenset({
     "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "seed", "stop", "stop_token_ids", "ignore_eos",
     "min_tokens", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
-    "user", "logit_bias",
+    "user", "logit_bias", "return_token_ids",
 })
 #: Keyword arguments LangChain passes along that are not request parameters.
 _INTERNAL = ("ls_structured_output_format", "structured_output_format", "run_manager")
@@ -81,6 +81,8 @@ def build_spec(
     mt = params.get("max_tokens")
     if mt is not None and (not isinstance(mt, int) or isinstance(mt, bool) or mt <= 0):
         raise ValueError(f"max_tokens must be a positive integer, got {mt!r}")
+    if params.get("n") == 1:
+        params.pop("n")  # the server default; dropping it keeps the call eligible for lists
     thinking_on = _merge_template_kwargs(params, thinking, default_thinking)
     params = {k: v for k, v in params.items() if v is not None}
 
@@ -93,8 +95,13 @@ def build_spec(
     list_params = list_key = None
     if eligible:
         list_params = {k: v for k, v in params.items() if k != _CHAT_TEMPLATE}
-        list_params["return_token_ids"] = True  # exact per-prompt usage (vLLM >= 0.10.2; ignored elsewhere)
-        list_key = orjson.dumps(list_params, option=orjson.OPT_SORT_KEYS)
+        # Exact per-prompt usage needs each choice's token ids (vLLM >= 0.10.2; ignored elsewhere).
+        # model_kwargs={"return_token_ids": False} saves the server that work; usage is then omitted.
+        list_params.setdefault("return_token_ids", True)
+        # A list goes out with one set of headers and one deadline, so only items that agree on those
+        # (and on every sampling parameter) may share one: two instances with different api keys
+        # share a dispatcher, never a request.
+        list_key = orjson.dumps([list_params, sorted(headers.items()), timeout], option=orjson.OPT_SORT_KEYS)
     return CallSpec(params, headers, timeout, model, thinking_on, eligible, list_key, list_params)
 
 

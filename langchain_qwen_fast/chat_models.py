@@ -70,7 +70,7 @@ class BatchedChatQwen(BaseChatModel):
 
     Sync ``.batch`` is one submission to a background loop (no thread pool); ``.abatch`` is
     bounded by a pool-wide admission limit; every instance with the same endpoint settings shares
-    one connection pool and one dispatcher. See README.md for every field and its default.
+    one connection pool and one dispatcher. README.md lists every field and its default.
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
@@ -80,6 +80,7 @@ class BatchedChatQwen(BaseChatModel):
     base_url: str | list[str] = Field(
         default_factory=from_env(("QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"), default=_DEFAULT_BASE_URL),
         alias="openai_api_base",
+        validate_default=True,  # a base_url from the environment is checked like one passed in
     )
     api_key: SecretStr | None = Field(
         default_factory=secret_from_env(("QWEN_API_KEY", "OPENAI_API_KEY"), default=None), alias="openai_api_key"
