@@ -7,8 +7,9 @@ or ``--base-url``), every candidate sends the same non-streaming chat request wi
 - ``httpx_aiohttp``: ``httpx.AsyncClient`` over httpx-aiohttp's ``AiohttpTransport``;
 - ``engine``: this package's transport + default engine (``Transport.post_json``), no dispatcher;
 - ``raw_aiohttp``: ``aiohttp.ClientSession`` + a semaphore, the floor;
-- ``qwen_batch`` / ``openai_batch``: the whole sync ``.batch`` path of BatchedChatQwen and of
-  ChatOpenAI (``max_concurrency=N``), LangChain machinery included.
+- ``qwen_batch_chat`` / ``qwen_batch`` / ``openai_batch``: the whole sync ``.batch`` path of
+  BatchedChatQwen in the chat wire mode (one request per input, like ChatOpenAI) and in its default
+  completions mode (lists of 32), and of ChatOpenAI (``max_concurrency=N``), LangChain included.
 
 Scenarios are interleaved and repeated; the table gives medians with min-max, and ratios against
 raw aiohttp and ChatOpenAI from the same run. Client CPU is this process's rusage (all threads).
@@ -113,11 +114,11 @@ async def run_engine(url: str, n: int, inflight: int) -> int:
         await tr.engine.aclose()
 
 
-def run_qwen_batch(url: str, n: int, inflight: int) -> int:
+def run_qwen_batch(url: str, n: int, inflight: int, mode: str = "completions") -> int:
     from langchain_qwen_fast import BatchedChatQwen
 
     with BatchedChatQwen(base_url=url, model="Qwen-0.6B", max_tokens=32, max_concurrency=inflight,
-                         max_retries=0, timeout=60) as m:
+                         max_retries=0, timeout=60, wire_mode=mode) as m:
         out = m.batch(["What is the capital of France?"] * n, return_exceptions=True)
     return sum(isinstance(o, Exception) for o in out)
 
@@ -137,6 +138,7 @@ SCENARIOS: dict[str, Callable[[str, int, int], Any]] = {
     "httpx_aiohttp": lambda u, n, c: asyncio.run(run_httpx_aiohttp(u, n, c)),
     "engine": lambda u, n, c: asyncio.run(run_engine(u, n, c)),
     "raw_aiohttp": lambda u, n, c: asyncio.run(run_raw_aiohttp(u, n, c)),
+    "qwen_batch_chat": lambda u, n, c: run_qwen_batch(u, n, c, "chat"),
     "qwen_batch": run_qwen_batch,
     "openai_batch": run_openai_batch,
 }

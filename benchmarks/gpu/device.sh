@@ -67,19 +67,24 @@ versions() {
   PYTHONPATH=/tmp/site python3 -c "import vllm, torch, sys; print('vllm', vllm.__version__, 'torch', torch.__version__, 'python', sys.version.split()[0])"
   $CPY -c "import langchain_core, langchain_openai, openai, aiohttp, httpx, langchain_qwen_fast as q; print('langchain-core', langchain_core.__version__, 'openai', openai.__version__, 'aiohttp', aiohttp.__version__, 'httpx', httpx.__version__, 'langchain-qwen-fast', q.__version__)"
 }
-run_plan() {  # max_tokens n extra-args...
-  MT=$1; N=$2; shift 2
+# Results accumulate in /tmp (kept while the machine is warm) and are copied to $OUT after each phase,
+# so the open-loop phase can read the best raw rate that the closed-loop phase measured.
+run_plan() {  # max_tokens n rounds extra-args...
+  MT=$1; N=$2; R=$3; shift 3
   $CPY -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --plan gpu --max-tokens "$MT" --n "$N" \
-     --rounds 2 --deadline "$DEADLINE" --out "$OUTD/gpu_m$MT.jsonl" --tag "$PHASE" "$@" | cut -c1-260
+     --rounds "$R" --deadline "$DEADLINE" --out "/tmp/gpu_m$MT.jsonl" --tag "$PHASE" "$@" | cut -c1-260
+  cp "/tmp/gpu_m$MT.jsonl" "$OUTD/" 2>/dev/null
 }
 
 case "$PHASE" in
   bench128)
-    versions; start_server || exit 5
-    run_plan 128 1500 --poisson 0.5,0.9 --poisson-seconds 15 ;;
+    versions | tee /tmp/versions.txt; start_server || exit 5
+    run_plan 128 1500 2 ;;
   bench32)
     start_server || exit 5
-    run_plan 32 3000 --poisson 0.5,0.9 --poisson-seconds 10 --sweep ;;
+    run_plan 128 1500 0 --poisson 0.5,0.9 --poisson-seconds 15
+    run_plan 32 3000 2 --poisson 0.5,0.9 --poisson-seconds 10
+    cp /tmp/versions.txt "$OUTD/" 2>/dev/null ;;
   offline)
     stop_server
     timeout $(( DEADLINE - $(date +%s) )) env PYTHONPATH=/tmp/site python3 .gpu-kit/offline_bench.py /tmp/model \

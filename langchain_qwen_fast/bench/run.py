@@ -28,8 +28,9 @@ def plan(name: str) -> Plan:
               ("openai_abatch_default", lambda w: S.openai_scenario(w, "abatch"))]
     raw = [("raw_aiohttp_chat_c256", lambda w: S.raw_scenario(w, "chat", 256)),
            ("raw_aiohttp_list32_x16", lambda w: S.raw_scenario(w, "list", 16, 32))]
+    no_ids = [("qwen_batch_completions_no_token_ids", lambda w: S.qwen_scenario(w, "batch", "completions", False))]
     if name == "gpu":
-        return [*raw, *qwen, *openai]
+        return [*raw, *qwen, *no_ids, *openai]
     if name == "cpu":
         return [*raw, *qwen, *openai]
     if name == "serial":
@@ -60,9 +61,10 @@ def main(argv: list[str] | None = None) -> None:
         keep = set(a.only.split(","))
         steps = [s for s in steps if s[0] in keep]
     # warm-up: first-call costs (imports, connection pools, the server's prefix cache) paid outside the timings
-    warm = S.Workload(a.base_url, max_tokens=a.max_tokens, n=256)
+    warm = S.Workload(a.base_url, max_tokens=a.max_tokens, n=256 if a.rounds else 64)
     S.raw_scenario(warm, "chat", 64)
     if a.plan != "serial":
+        S.qwen_scenario(warm, "batch", "completions")
         S.qwen_scenario(warm, "batch", "chat")
         S.openai_scenario(warm, "batch", 256)
     for rnd in range(a.rounds):
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.poisson:
         best = best_raw(a.out, a.max_tokens)
         for frac in [float(x) for x in a.poisson.split(",")]:
-            for client, mode in (("qwen", "chat"), ("qwen", "completions"), ("openai", "chat")):
+            for client, mode in (("qwen", "completions"), ("openai", "chat")):
                 if a.deadline and time.time() > a.deadline:
                     return
                 row = S.poisson_scenario(w, client, best * frac, a.poisson_seconds, mode=mode)

@@ -103,11 +103,12 @@ class Workload:
         return {"ignore_eos": True}
 
 
-def qwen_model(w: Workload, mode: str = "chat", **kw: Any) -> Any:
+def qwen_model(w: Workload, mode: str = "completions", token_ids: bool = True, **kw: Any) -> Any:
     from langchain_qwen_fast import BatchedChatQwen
 
+    extra = w.extra if token_ids else {**w.extra, "return_token_ids": False}
     return BatchedChatQwen(base_url=w.base_url, model=w.model, api_key=w.api_key, max_tokens=w.max_tokens,
-                           temperature=w.temperature, wire_mode=mode, model_kwargs=w.extra, timeout=600, **kw)
+                           temperature=w.temperature, wire_mode=mode, model_kwargs=extra, timeout=600, **kw)
 
 
 def openai_model(w: Workload) -> Any:
@@ -160,12 +161,14 @@ def _lc_run(name: str, w: Workload, model: Any, how: str, config: dict[str, Any]
     return _result(name, w, wall, cpu, rec.latencies, rec.tokens, rec.errors, **extra)
 
 
-def qwen_scenario(w: Workload, how: str, mode: str = "chat", **kw: Any) -> dict[str, Any]:
+def qwen_scenario(w: Workload, how: str, mode: str = "completions", token_ids: bool = True,
+                  **kw: Any) -> dict[str, Any]:
     # Not closed afterwards: instances with equal settings share one warm pool, as ChatOpenAI's
     # cached httpx client stays warm between its scenarios.
-    model = qwen_model(w, mode, **kw)
+    model = qwen_model(w, mode, token_ids, **kw)
     before = model.stats()["max_in_flight"]
-    out = _lc_run(f"qwen_{how}_{mode}", w, model, how, client="BatchedChatQwen", mode=mode)
+    name = f"qwen_{how}_{mode}" + ("" if token_ids else "_no_token_ids")
+    out = _lc_run(name, w, model, how, client="BatchedChatQwen", mode=mode)
     out["dispatcher_max_in_flight"] = max(before, model.stats()["max_in_flight"])
     return out
 
@@ -278,7 +281,7 @@ async def _poisson(w: Workload, model: Any, rate: float, duration: float, seed: 
 
 
 def poisson_scenario(w: Workload, client: str, rate: float, duration: float, seed: int = 7,
-                     mode: str = "chat") -> dict[str, Any]:
+                     mode: str = "completions") -> dict[str, Any]:
     model = qwen_model(w, mode) if client == "qwen" else openai_model(w)
     (lat, toks, errors, sent), wall, cpu = _timed(lambda: asyncio.run(_poisson(w, model, rate, duration, seed)))
     name = f"poisson_{'qwen_ainvoke_' + mode if client == 'qwen' else 'openai_ainvoke'}"

@@ -1,0 +1,64 @@
+"""``qwen-fast bench``: the CPU benchmark against the simulator, every scenario beside ChatOpenAI.
+
+    qwen-fast bench [--rounds 3] [--n 1000] [--base-url URL] [--out benchmarks/results]
+
+In one process run, against one simulator (``--latency h100``, calibrated from the GPU anchors):
+closed-loop scenarios at 128 and 32 max_tokens (sync ``.batch``, ``.abatch``, 32 threads of
+``.invoke``, each in the completions and chat wire modes; ChatOpenAI ``.batch`` default and
+``max_concurrency=256`` and ``.abatch``; raw aiohttp chat and lists), interleaved over rounds;
+serial ``.invoke`` against raw httpx; an open-loop Poisson run at 80% of the best raw rate.
+Writes JSON lines, a markdown table and a PNG into a results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_qwen_fast.bench import report
+from langchain_qwen_fast.bench import run as runner
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="qwen-fast bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--base-url", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--n", type=int, default=1000)
+    ap.add_argument("--serial-n", type=int, default=30)
+    ap.add_argument("--poisson-seconds", type=float, default=15.0)
+    ap.add_argument("--out", default="benchmarks/results")
+    a = ap.parse_args(argv)
+
+    from langchain_qwen_fast.testing import SimConfig, SimServer
+
+    folder = Path(a.out) / f"cpu-{time.strftime('%Y%m%d-%H%M%S')}"
+    folder.mkdir(parents=True, exist_ok=True)
+    ctx: Any = contextlib.nullcontext(None) if a.base_url else SimServer(SimConfig(latency="h100"))
+    files = []
+    with ctx as sim:
+        url = a.base_url or sim.base_url
+        for mt in (128, 32):
+            out = str(folder / f"cpu_m{mt}.jsonl")
+            files.append(out)
+            extra = ["--poisson", "0.8", "--poisson-seconds", str(a.poisson_seconds)] if mt == 128 else []
+            runner.main(["--base-url", url, "--plan", "cpu", "--max-tokens", str(mt), "--n", str(a.n),
+                         "--rounds", str(a.rounds), "--out", out, "--tag", "cpu", *extra])
+        out = str(folder / "cpu_serial_m128.jsonl")
+        files.append(out)
+        runner.main(["--base-url", url, "--plan", "serial", "--max-tokens", "128", "--n", str(a.serial_n),
+                     "--rounds", str(a.rounds), "--out", out, "--tag", "serial"])
+    rows = report.load(files)
+    md = "\n".join(x for x in (report.closed_loop_md(rows), report.open_loop_md(rows)) if x)
+    (folder / "tables.md").write_text(md)
+    with contextlib.suppress(ImportError):
+        report.plot(rows, str(folder / "cpu-benchmark.png"), "simulator (H100 model)")
+    print(md)
+    print(f"\nresults in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
