@@ -29,6 +29,8 @@ from langchain_qwen_fast._qwen import split_reasoning
 MODEL_PROVIDER = "qwen"
 _ROLE_ALIASES = {"human": "user", "ai": "assistant", "developer": "system"}
 _KNOWN_ROLES = frozenset({"system", "user", "assistant", "tool"})
+#: Content parts that duplicate an AIMessage's tool calls: Anthropic's ``tool_use`` and the v1 blocks.
+_TOOL_CALL_PARTS = frozenset({"tool_use", "tool_call", "tool_call_chunk", "invalid_tool_call"})
 
 
 def _text_of(content: Any, where: str) -> str | list[dict[str, Any]]:
@@ -47,6 +49,8 @@ def _text_of(content: Any, where: str) -> str | list[dict[str, Any]]:
             parts.append({"type": "text", "text": part.get("text", "")})
         elif kind in ("reasoning", "thinking"):
             continue  # earlier reasoning is never sent back, as Qwen3's template drops it
+        elif kind in _TOOL_CALL_PARTS:
+            continue  # a call travels in the message's tool_calls; its content-block copy is dropped, as ChatOpenAI does
         else:
             raise ValueError(
                 f"{where}: unsupported content part of type {kind!r}; Qwen3-0.6B is a text-only model, "
@@ -164,6 +168,10 @@ def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> A
     reasoning = _reasoning_of(msg)
     if reasoning is None and split_think and ("</think>" in content or content.lstrip().startswith("<think>")):
         reasoning, content = split_reasoning(content)
+    elif reasoning:
+        # A reasoning parser leaves the template's "\n\n" after </think> on the answer; drop it, as
+        # split_reasoning does, so both wire modes and streaming give the same content.
+        content = content.lstrip("\n")
     additional: dict[str, Any] = {}
     if reasoning is not None:
         additional["reasoning_content"] = reasoning
@@ -279,8 +287,14 @@ class StreamAssembler:
         delta = choice.get("delta") or {}
         content = delta.get("content") or ""
         reasoning = _reasoning_of(delta)
-        if reasoning is None and content:
+        if reasoning:  # the server parsed the think block: the answer that follows starts after it
+            self._after_think = True
+            if content:
+                content = self._drop_leading_newlines(content)
+        elif reasoning is None and content:
             reasoning, content = self._split_inline(content)
+        elif content and self._after_think:
+            content = self._drop_leading_newlines(content)
         additional: dict[str, Any] = {}
         if reasoning:
             additional["reasoning_content"] = reasoning
