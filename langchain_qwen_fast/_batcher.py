@@ -37,6 +37,7 @@ from langchain_qwen_fast._transport import Transport
 
 log = logging.getLogger("langchain_qwen_fast")
 _SPLITTABLE = (BadRequestError, ContextLengthError)
+_DONE_PAYLOAD: dict[str, Any] = {}  # what a finished Item keeps instead of its request body
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,7 @@ class Item:
     list_params: dict[str, Any] | None = None
     est_tokens: int = 0
     stream_slot: bool = False
-    future: asyncio.Future[Any] = field(default=None)  # type: ignore[assignment]
+    future: asyncio.Future[Any] = field(default=None)  # type: ignore[arg-type]  # set by submit()
     enqueued: float = 0.0
     task: asyncio.Task[Any] | None = None
 
@@ -75,6 +76,7 @@ class Dispatcher:
         self.closed = False
         self._queue: deque[Item] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._task_items: dict[asyncio.Task[Any], list[Item]] = {}  # list requests only
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -102,7 +104,15 @@ class Dispatcher:
     async def stream_slot(self) -> None:
         """Wait for admission of one streamed request; pair with :meth:`release_slot`."""
         item = Item(payload={}, headers={}, deadline_s=None, model="", stream_slot=True)
-        await self.submit(item)
+        fut = self.submit(item)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            # Cancelled after the pump admitted us but before this task resumed: the slot was
+            # counted, and nobody would release it (a permanent leak of admission capacity).
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._finish(1)
+            raise
 
     def release_slot(self) -> None:
         self._finish(1)
@@ -184,21 +194,48 @@ class Dispatcher:
     def _spawn(self, coro: Any, items: list[Item]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        if len(items) > 1:
+            self._task_items[task] = items
+        # Accounting lives in a done-callback, not in the coroutine's ``finally``: a task cancelled
+        # before its first step (close() right after the pump spawned it) never runs its body,
+        # and its items would wait forever while their slots stayed taken.
+        task.add_done_callback(lambda t, its=items: self._on_task_done(t, its))  # type: ignore[misc]
         for it in items:
             it.task = task
+
+    def _on_task_done(self, task: asyncio.Task[Any], items: list[Item]) -> None:
+        self._tasks.discard(task)
+        self._task_items.pop(task, None)
+        for it in items:
+            if it.future.done():
+                continue
+            if task.cancelled():
+                self._abandon(it)
+            else:  # the coroutine ended without an outcome for this item: a bug, but never a hang
+                exc = task.exception() or RuntimeError("qwen-fast: the request ended without a result")
+                self._settle(it, exc=exc)
+        self._finish(len(items))
 
     def _on_item_done(self, item: Item, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             self.stats.cancelled += 1
             task = item.task
-            # Cancel the HTTP request only when nobody else waits on it (a list may carry others).
-            if task is not None and not task.done() and item.prompt is None:
-                task.cancel()
+            # Cancel the HTTP request only when nobody else waits on it (a list may carry others):
+            # otherwise a list whose callers all left would hold its admission slots until the
+            # server answered or the deadline passed.
+            if task is not None and not task.done():
+                others = self._task_items.get(task, ())
+                if all(it.future.done() for it in others):
+                    task.cancel()
         else:
             self.stats.item_latency.add(time.monotonic() - item.enqueued)
             if fut.exception() is not None:
                 self.stats.items_failed += 1
+        # The request body is never needed again; a caller's batch keeps its Items until the
+        # whole batch is done, so drop the bodies now (100k pending items: ~1 KB each).
+        item.payload = _DONE_PAYLOAD
+        if item.prompt is not None:
+            item.prompt = ""
 
     # -- the work ----------------------------------------------------------------------------
     @staticmethod
@@ -237,7 +274,6 @@ class Dispatcher:
         finally:
             self.stats.batches += 1
             self.stats.batch_sizes[1] += 1
-            self._finish(1)
 
     async def _run_list(self, items: list[Item]) -> None:
         try:
@@ -250,8 +286,6 @@ class Dispatcher:
                     self._settle(it, exc=e)
             if isinstance(e, asyncio.CancelledError):
                 raise
-        finally:
-            self._finish(len(items))
 
     async def _send_list(self, items: list[Item]) -> None:
         live = [it for it in items if not it.future.done()]

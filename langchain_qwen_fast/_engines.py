@@ -72,7 +72,8 @@ _AIOHTTP_CONN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, Conn
 class _AiohttpStream:
     def __init__(self, resp: aiohttp.ClientResponse, url: str) -> None:
         self._resp, self._url = resp, url
-        self.status, self.headers = resp.status, resp.headers
+        self.status = resp.status
+        self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
         try:
@@ -152,7 +153,8 @@ _HTTPX_CONN = (httpx.TransportError,)
 class _HttpxStream:
     def __init__(self, resp: httpx.Response, url: str) -> None:
         self._resp, self._url = resp, url
-        self.status, self.headers = resp.status_code, resp.headers
+        self.status = resp.status_code
+        self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
         try:

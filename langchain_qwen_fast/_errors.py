@@ -91,6 +91,8 @@ class APIConnectionError(ModelConnectionError, _HTTPInfo):
 
     #: False when the failure happened before the request could have reached the server.
     maybe_sent: bool = True
+    #: False for failures a retry cannot fix (a TLS certificate that fails verification).
+    retryable: bool = True
 
 
 class DeadlineExceededError(ModelTimeoutError, _HTTPInfo):
@@ -128,8 +130,22 @@ def server_message(body: bytes) -> str:
     return _preview(body)
 
 
+def redact_url(url: str) -> str:
+    """``http://user:secret@host/v1`` -> ``http://***@host/v1``: messages and logs never carry
+    credentials that were put into a base_url."""
+    if "@" not in url:
+        return url
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
+
+
 def from_status(status: int, body: bytes, url: str, retry_after: float | None = None) -> Exception:
     """Build the exception for a non-2xx response, keeping the server's own message."""
+    url = redact_url(url)
     msg = server_message(body)
     text = f"HTTP {status} from {url}: {msg}"
     cls: type[_HTTPInfo]
@@ -164,6 +180,7 @@ def from_status(status: int, body: bytes, url: str, retry_after: float | None = 
 
 
 def invalid_body(status: int, body: bytes, url: str, why: str) -> InvalidResponseError:
+    url = redact_url(url)
     exc = InvalidResponseError(
         f"HTTP {status} from {url}: {why}; the body starts with {_preview(body, 120)!r} "
         "(is a proxy or a non-OpenAI server answering at this base_url?)"
@@ -172,15 +189,41 @@ def invalid_body(status: int, body: bytes, url: str, why: str) -> InvalidRespons
     return exc
 
 
+def _is_certificate_error(cause: BaseException) -> bool:
+    """A TLS certificate that failed verification, anywhere in the cause chain (aiohttp, httpx)."""
+    import ssl
+
+    seen: set[int] = set()
+    e: BaseException | None = cause
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, (ssl.SSLCertVerificationError, ssl.CertificateError)):
+            return True
+        if "CERTIFICATE_VERIFY_FAILED" in str(e):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def connection_error(url: str, cause: BaseException, *, maybe_sent: bool) -> APIConnectionError:
-    exc = APIConnectionError(f"connection to {url} failed: {type(cause).__name__}: {cause}")
+    url = redact_url(url)
+    text = f"connection to {url} failed: {type(cause).__name__}: {cause}"
+    cert = _is_certificate_error(cause)
+    if cert:
+        text += (" -- the server's TLS certificate failed verification; for a private CA pass "
+                 "http_async_client=httpx.AsyncClient(verify=...) with its bundle")
+    exc = APIConnectionError(text)
     exc._attach(None, None, url, None)
     exc.maybe_sent = maybe_sent
+    exc.retryable = not cert  # the same certificate fails the same way on every retry
     return exc
 
 
 def deadline_error(url: str, timeout: float | None) -> DeadlineExceededError:
-    exc = DeadlineExceededError(f"request to {url} passed its deadline of {timeout} s (retries included)")
+    url = redact_url(url)
+    exc = DeadlineExceededError(
+        f"request to {url} passed its deadline of {timeout} s (retries included)"
+    )
     exc._attach(None, None, url, None)
     return exc
 
@@ -189,4 +232,6 @@ def is_retryable(exc: BaseException) -> bool:
     """Connection errors, 408, 429 and 5xx retry; 4xx, deadlines and bad bodies never do."""
     if isinstance(exc, DeadlineExceededError):
         return exc.status_code == 408
-    return isinstance(exc, (APIConnectionError, RateLimitError, ServerError))
+    if isinstance(exc, APIConnectionError):
+        return exc.retryable
+    return isinstance(exc, (RateLimitError, ServerError))

@@ -161,21 +161,38 @@ class Runtime:
 
 _runtime: Runtime | None = None
 _runtime_lock = threading.Lock()
+#: PID of the process whose interpreter is exiting (set by the atexit hook). A fork()ed child that
+#: inherits it from a parent that was exiting is not itself exiting, hence the PID, not a bool.
+_exiting_pid: int | None = None
+
+
+def _raise_exiting() -> None:
+    from langchain_qwen_fast._errors import ClientClosedError
+
+    raise ClientClosedError("the qwen-fast runtime is shut down (interpreter exiting)")
 
 
 def get_runtime() -> Runtime:
     global _runtime
     rt = _runtime
-    if rt is not None and rt.pid == os.getpid() and not rt.closed:
+    pid = os.getpid()
+    if rt is not None and rt.pid == pid and not rt.closed:
         return rt
     with _runtime_lock:
-        if _runtime is None or _runtime.pid != os.getpid() or _runtime.closed:
+        if _exiting_pid == pid:
+            # After the atexit shutdown a new runtime would start a loop thread while the
+            # interpreter finalizes (and leak it): a late caller gets a clear error instead.
+            _raise_exiting()
+        if _runtime is None or _runtime.pid != pid or _runtime.closed:
             _runtime = Runtime()
         return _runtime
 
 
 def _shutdown_at_exit() -> None:
-    rt = _runtime
+    global _exiting_pid
+    with _runtime_lock:
+        _exiting_pid = os.getpid()
+        rt = _runtime
     if rt is not None and rt.pid == os.getpid():
         rt.shutdown()
 

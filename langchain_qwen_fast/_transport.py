@@ -31,6 +31,7 @@ from langchain_qwen_fast._errors import (
     from_status,
     invalid_body,
     is_retryable,
+    redact_url,
     server_message,
 )
 from langchain_qwen_fast._stats import EndpointStats
@@ -57,6 +58,13 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value) if value else None
         return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def _describe(exc: BaseException) -> str:
+    """Type, status and (credential-free) URL of a failure; never the body, never the prompt."""
+    status = getattr(exc, "status_code", None)
+    url = getattr(exc, "url", None)
+    return f"{type(exc).__name__}{f' {status}' if status else ''}{f' from {url}' if url else ''}"
 
 
 class Endpoint:
@@ -106,7 +114,8 @@ class Transport:
             ep.failures += 1
             if ep.failures >= self.retry.eject_after and len(self.endpoints) > 1:
                 ep.ejected_until = time.monotonic() + self.retry.eject_seconds
-                log.debug("ejecting replica %s for %.1fs after %d failures", ep.base, self.retry.eject_seconds, ep.failures)
+                log.debug("ejecting replica %s for %.1fs after %d failures", redact_url(ep.base),
+                          self.retry.eject_seconds, ep.failures)
 
     # -- one attempt ---------------------------------------------------------------------
     @staticmethod
@@ -149,7 +158,8 @@ class Transport:
     def _decode(raw: RawResponse, url: str) -> Any:
         if raw.status >= 400:
             if raw.body.lstrip()[:1] == b"<":
-                exc = invalid_body(raw.status, raw.body, url, "an HTML error page instead of JSON")
+                why = "an HTML error page instead of JSON"
+                exc: Exception = invalid_body(raw.status, raw.body, url, why)
                 if raw.status >= 500:  # a proxy's 502/503 page: the server behind it may come back
                     exc = from_status(raw.status, raw.body, url)
                 raise exc
@@ -171,7 +181,11 @@ class Transport:
             cap = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (attempt - 1))
             delay = cap * random.uniform(0.5, 1.0)
         if time.monotonic() + delay >= deadline:
+            log.debug("qwen-fast: not retrying %s: waiting %.2fs would pass the deadline",
+                      _describe(exc), delay)
             raise exc  # sleeping would pass the deadline: fail now with the real reason
+        log.debug("qwen-fast: retry %d of %d after %s, in %.2fs", attempt, self.retry.max_retries,
+                  _describe(exc), delay)
         return delay
 
     async def post_json(
@@ -183,9 +197,14 @@ class Transport:
             return (await self._attempt(path, body, headers, deadline, timeout, None))[1]
         except Exception as first:
             if not is_retryable(first) or self.retry.max_retries <= 0:
+                log.debug("qwen-fast: %s, not retried", _describe(first))
                 raise
             failed = first
-        return await self._retry(path, body, headers, deadline, timeout, failed)
+        try:
+            return await self._retry(path, body, headers, deadline, timeout, failed)
+        except Exception as last:
+            log.debug("qwen-fast: giving up after %s", _describe(last))
+            raise
 
     async def _retry(
         self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
@@ -194,6 +213,8 @@ class Transport:
         avoid: list[Endpoint | None] = [getattr(first, "_endpoint", None)]
 
         def wait(state: RetryCallState) -> float:
+            if state.attempt_number >= self.retry.max_retries:
+                return 0.0  # tenacity asks for the wait before its stop check: there is no next try
             exc = state.outcome.exception() if state.outcome else None
             return self._delay(state.attempt_number + 1, exc or first, deadline)
 
