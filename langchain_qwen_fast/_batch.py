@@ -65,8 +65,14 @@ def _with_default_concurrency(model: BatchedChatQwen, config: Any) -> Any:
 class _Prepared:
     """Converted inputs, their items and callback run managers; errors found before sending."""
 
-    def __init__(self, model: BatchedChatQwen, inputs: list[Any], configs: list[Any], kwargs: dict[str, Any],
-                 return_exceptions: bool) -> None:
+    def __init__(
+        self,
+        model: BatchedChatQwen,
+        inputs: list[Any],
+        configs: list[Any],
+        kwargs: dict[str, Any],
+        return_exceptions: bool,
+    ) -> None:
         kwargs = dict(kwargs)
         self.stop = kwargs.pop("stop", None)
         ls_format = kwargs.pop("ls_structured_output_format", None) or kwargs.pop("structured_output_format", None)
@@ -94,13 +100,25 @@ class _Prepared:
         self.shared_config = len(configs) > 0 and all(c is configs[0] for c in configs)
 
     def manager_args(self, model: BatchedChatQwen, config: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        args = (config.get("callbacks"), model.callbacks, model.verbose, config.get("tags"), model.tags,
-                {**(config.get("metadata") or {}), **self.ls_params}, model.metadata)
+        args = (
+            config.get("callbacks"),
+            model.callbacks,
+            model.verbose,
+            config.get("tags"),
+            model.tags,
+            {**(config.get("metadata") or {}), **self.ls_params},
+            model.metadata,
+        )
         return args, {"langsmith_inheritable_metadata": _filter_invocation_params_for_tracing(self.params)}
 
     def start_kwargs(self, config: dict[str, Any], n: int) -> dict[str, Any]:
-        return {"invocation_params": self.params, "options": self.options, "name": config.get("run_name"),
-                "run_id": config.get("run_id") if n == 1 else None, "batch_size": n}
+        return {
+            "invocation_params": self.params,
+            "options": self.options,
+            "name": config.get("run_name"),
+            "run_id": config.get("run_id") if n == 1 else None,
+            "batch_size": n,
+        }
 
     @staticmethod
     def finish(result: Any, run_id: Any) -> Any:
@@ -113,30 +131,41 @@ class _Prepared:
         return gen.message
 
 
+def _as_llm_result(result: Any) -> LLMResult:
+    """What on_llm_end receives for one input, as BaseChatModel.generate builds it."""
+    return LLMResult(generations=[list(result.generations)], llm_output=result.llm_output)
+
+
 def _raise_first(outputs: list[Any]) -> None:
     for out in outputs:
         if isinstance(out, BaseException):
             raise out
 
 
-def batch_fast(model: BatchedChatQwen, inputs: list[Any], config: Any, return_exceptions: bool,
-               kwargs: dict[str, Any]) -> list[Any]:
+def batch_fast(
+    model: BatchedChatQwen, inputs: list[Any], config: Any, return_exceptions: bool, kwargs: dict[str, Any]
+) -> list[Any]:
     if not inputs:
         return []
     if not _fast_path_ok(model, kwargs):
-        return BaseChatModel.batch(model, inputs, _with_default_concurrency(model, config),
-                                   return_exceptions=return_exceptions, **kwargs)
+        return BaseChatModel.batch(
+            model, inputs, _with_default_concurrency(model, config), return_exceptions=return_exceptions, **kwargs
+        )
     configs = get_config_list(config, len(inputs))
     prep = _Prepared(model, inputs, configs, kwargs, return_exceptions)
     if prep.items:
         managers = []
-        groups = [(prep.configs[0], prep.messages)] if prep.shared_config else [
-            (c, [m]) for c, m in zip(prep.configs, prep.messages)]
+        groups = (
+            [(prep.configs[0], prep.messages)]
+            if prep.shared_config
+            else [(c, [m]) for c, m in zip(prep.configs, prep.messages, strict=True)]
+        )
         for cfg, msgs in groups:
             args, kw = prep.manager_args(model, cfg)
             cm = CallbackManager.configure(*args, **kw)
-            managers += cm.on_chat_model_start(model._serialized, [_format_for_tracing(m) for m in msgs],
-                                               **prep.start_kwargs(cfg, len(msgs)))
+            managers += cm.on_chat_model_start(
+                model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg, len(msgs))
+            )
         rt, disp = model._dispatcher()
         limit = configs[0].get("max_concurrency")
         for j, result, exc in _bridge.run_items(rt, disp, prep.items, limit):
@@ -145,31 +174,37 @@ def batch_fast(model: BatchedChatQwen, inputs: list[Any], config: Any, return_ex
                 rm.on_llm_error(exc, response=LLMResult(generations=[_generate_response_from_error(exc)]))
                 prep.outputs[i] = exc
             else:
-                rm.on_llm_end(LLMResult(generations=[result.generations], llm_output=result.llm_output))
+                rm.on_llm_end(_as_llm_result(result))
                 prep.outputs[i] = prep.finish(result, rm.run_id)
     if not return_exceptions:
         _raise_first(prep.outputs)
     return prep.outputs
 
 
-async def abatch_fast(model: BatchedChatQwen, inputs: list[Any], config: Any, return_exceptions: bool,
-                      kwargs: dict[str, Any]) -> list[Any]:
+async def abatch_fast(
+    model: BatchedChatQwen, inputs: list[Any], config: Any, return_exceptions: bool, kwargs: dict[str, Any]
+) -> list[Any]:
     if not inputs:
         return []
     if not _fast_path_ok(model, kwargs):
-        return await BaseChatModel.abatch(model, inputs, _with_default_concurrency(model, config),
-                                          return_exceptions=return_exceptions, **kwargs)
+        return await BaseChatModel.abatch(
+            model, inputs, _with_default_concurrency(model, config), return_exceptions=return_exceptions, **kwargs
+        )
     configs = get_config_list(config, len(inputs))
     prep = _Prepared(model, inputs, configs, kwargs, return_exceptions)
     if prep.items:
         managers = []
-        groups = [(prep.configs[0], prep.messages)] if prep.shared_config else [
-            (c, [m]) for c, m in zip(prep.configs, prep.messages)]
+        groups = (
+            [(prep.configs[0], prep.messages)]
+            if prep.shared_config
+            else [(c, [m]) for c, m in zip(prep.configs, prep.messages, strict=True)]
+        )
         for cfg, msgs in groups:
             args, kw = prep.manager_args(model, cfg)
             acm = AsyncCallbackManager.configure(*args, **kw)
-            managers += await acm.on_chat_model_start(model._serialized, [_format_for_tracing(m) for m in msgs],
-                                                      **prep.start_kwargs(cfg, len(msgs)))
+            managers += await acm.on_chat_model_start(
+                model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg, len(msgs))
+            )
         rt, disp = model._dispatcher()
         limit = configs[0].get("max_concurrency")
         done = [False] * len(prep.items)
@@ -181,7 +216,7 @@ async def abatch_fast(model: BatchedChatQwen, inputs: list[Any], config: Any, re
                     await rm.on_llm_error(exc, response=LLMResult(generations=[_generate_response_from_error(exc)]))
                     prep.outputs[i] = exc
                 else:
-                    await rm.on_llm_end(LLMResult(generations=[result.generations], llm_output=result.llm_output))
+                    await rm.on_llm_end(_as_llm_result(result))
                     prep.outputs[i] = prep.finish(result, rm.run_id)
         except asyncio.CancelledError as e:
             for j, finished in enumerate(done):

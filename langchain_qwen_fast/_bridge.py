@@ -9,6 +9,7 @@ cancels what has not finished.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -45,10 +46,8 @@ async def arun_items(rt: Runtime, disp: Dispatcher, items: list[Item], limit: in
 
     def sink(i: int, r: Any, e: BaseException | None) -> None:
         if not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):  # the caller's loop closed under us: nobody is listening
                 loop.call_soon_threadsafe(q.put_nowait, (i, r, e))
-            except RuntimeError:  # the caller's loop closed under us: nobody is listening
-                pass
 
     sub = Submission(disp, items, limit, sink)
     rt.call_soon(sub.start)
@@ -141,10 +140,8 @@ async def astream_events(
 
     def put(ev: Any) -> None:
         if not loop.is_closed():
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(q.put_nowait, ev)
-            except RuntimeError:
-                pass
 
     pipe = _StreamPipe(rt, disp, open_events)
     fut = rt.submit(pipe.produce(put))

@@ -50,7 +50,8 @@ def _text_of(content: Any, where: str) -> str | list[dict[str, Any]]:
         elif kind in ("reasoning", "thinking"):
             continue  # earlier reasoning is never sent back, as Qwen3's template drops it
         elif kind in _TOOL_CALL_PARTS:
-            continue  # a call travels in the message's tool_calls; its content-block copy is dropped, as ChatOpenAI does
+            # a call travels in the message's tool_calls; its content-block copy is dropped, as ChatOpenAI does
+            continue
         else:
             raise ValueError(
                 f"{where}: unsupported content part of type {kind!r}; Qwen3-0.6B is a text-only model, "
@@ -104,7 +105,11 @@ def message_to_dict(message: BaseMessage, index: int = 0) -> dict[str, Any]:
         out: dict[str, Any] = {"role": "assistant", "content": _text_of(message.content, where)}
         calls = [_tool_call_to_openai(tc, where) for tc in message.tool_calls]
         calls += [
-            {"id": tc.get("id"), "type": "function", "function": {"name": tc.get("name"), "arguments": tc.get("args") or ""}}
+            {
+                "id": tc.get("id"),
+                "type": "function",
+                "function": {"name": tc.get("name"), "arguments": tc.get("args") or ""},
+            }
             for tc in message.invalid_tool_calls
         ]
         if not calls and message.additional_kwargs.get("tool_calls"):

@@ -233,8 +233,12 @@ class BatchedChatQwen(BaseChatModel):
         return {"model_name": self.model_name, "base_url": self.base_url, **self._default_params}
 
     def _get_invocation_params(self, stop: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
-        return {"model": self.model_name, **super()._get_invocation_params(stop=stop, **kwargs),
-                **self._default_params, **kwargs}
+        return {
+            "model": self.model_name,
+            **super()._get_invocation_params(stop=stop, **kwargs),
+            **self._default_params,
+            **kwargs,
+        }
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = self._get_invocation_params(stop=stop, **kwargs)
@@ -262,8 +266,16 @@ class BatchedChatQwen(BaseChatModel):
             cfg = DispatchConfig(self.max_concurrency, self.max_batch_size, self.max_wait_ms, self.max_batch_tokens)
             limits = Limits(max_connections=self.max_connections)
             retry = RetryPolicy(max_retries=max(0, self.max_retries))
-            key = ("dispatcher", tuple(self.base_urls), self.http_engine, id(self.http_async_client),
-                   id(self.http_client), retry, cfg, limits)
+            key = (
+                "dispatcher",
+                tuple(self.base_urls),
+                self.http_engine,
+                id(self.http_async_client),
+                id(self.http_client),
+                retry,
+                cfg,
+                limits,
+            )
             urls, engine_kind, ac, sc = self.base_urls, self.http_engine, self.http_async_client, self.http_client
 
             def factory() -> Dispatcher:
@@ -289,36 +301,62 @@ class BatchedChatQwen(BaseChatModel):
             if isinstance(self.extra_body.get("chat_template_kwargs"), Mapping) and isinstance(
                 call_extra.get("chat_template_kwargs"), Mapping
             ):  # one level deeper: a call's template kwargs add to the model's, never replace them
-                merged["chat_template_kwargs"] = {**self.extra_body["chat_template_kwargs"],
-                                                  **call_extra["chat_template_kwargs"]}
+                merged["chat_template_kwargs"] = {
+                    **self.extra_body["chat_template_kwargs"],
+                    **call_extra["chat_template_kwargs"],
+                }
             kwargs = {**kwargs, "extra_body": merged}
-        return build_spec(base, self._headers(), self.timeout, self.model_name, self.enable_thinking,
-                          "chat" if stream else self.wire_mode, stop, kwargs)
+        return build_spec(
+            base,
+            self._headers(),
+            self.timeout,
+            self.model_name,
+            self.enable_thinking,
+            "chat" if stream else self.wire_mode,
+            stop,
+            kwargs,
+        )
 
     def stats(self) -> dict[str, Any]:
         """A snapshot: items, batches, batch sizes, queue wait, latency, retries and errors per endpoint."""
         _, disp = self._dispatcher()
         snap = disp.snapshot()
-        snap["endpoints"] = {ep.base: {**ep.stats.snapshot(), "outstanding": ep.outstanding,
-                                       "ejected": ep.ejected_until > time.monotonic()}
-                             for ep in disp.transport.endpoints}
+        snap["endpoints"] = {
+            ep.base: {
+                **ep.stats.snapshot(),
+                "outstanding": ep.outstanding,
+                "ejected": ep.ejected_until > time.monotonic(),
+            }
+            for ep in disp.transport.endpoints
+        }
         return snap
 
     # -- generation hooks --------------------------------------------------------------------------
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         item = make_item(self._spec(stop, kwargs), messages)
         rt, disp = self._dispatcher()
         return _bridge.call_one(rt, disp, item)  # type: ignore[no-any-return]
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         item = make_item(self._spec(stop, kwargs), messages)
         rt, disp = self._dispatcher()
         return await _bridge.acall_one(rt, disp, item)  # type: ignore[no-any-return]
 
-    def _stream_opener(self, messages: list[BaseMessage], stop: list[str] | None,
-                       kwargs: dict[str, Any]) -> tuple[Runtime, Dispatcher, Callable[[], AsyncIterator[Any]]]:
+    def _stream_opener(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+    ) -> tuple[Runtime, Dispatcher, Callable[[], AsyncIterator[Any]]]:
         kwargs.pop("stream", None)
         usage = kwargs.pop("stream_usage", None)
         spec = self._spec(stop, kwargs, stream=True)
@@ -346,16 +384,25 @@ class BatchedChatQwen(BaseChatModel):
                 prev.message.chunk_position = "last"
             yield prev
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         rt, disp, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
         converted = (asm.convert(ev) for ev in _bridge.stream_events(rt, disp, opener))
         yield from self._mark_last(c for c in converted if c is not None)
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         rt, disp, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
         prev: ChatGenerationChunk | None = None
@@ -372,28 +419,52 @@ class BatchedChatQwen(BaseChatModel):
             yield prev
 
     # -- batch: one submission, bounded, no thread pool ---------------------------------------------
-    def batch(self, inputs: list[LanguageModelInput], config: RunnableConfig | list[RunnableConfig] | None = None,
-              *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    def batch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         return batch_fast(self, inputs, config, return_exceptions, kwargs)
 
-    async def abatch(self, inputs: list[LanguageModelInput],
-                     config: RunnableConfig | list[RunnableConfig] | None = None,
-                     *, return_exceptions: bool = False, **kwargs: Any) -> list[Any]:
+    async def abatch(
+        self,
+        inputs: list[LanguageModelInput],
+        config: RunnableConfig | list[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> list[Any]:
         return await abatch_fast(self, inputs, config, return_exceptions, kwargs)
 
     # -- tools and structure -------------------------------------------------------------------------
-    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool], *,
-                   tool_choice: dict[str, Any] | str | bool | None = None, strict: bool | None = None,
-                   parallel_tool_calls: bool | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessageChunk]:
-        return _structured.bind_tools(self, tools, tool_choice=tool_choice, strict=strict,
-                                      parallel_tool_calls=parallel_tool_calls, **kwargs)
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable[..., Any] | BaseTool],
+        *,
+        tool_choice: dict[str, Any] | str | bool | None = None,
+        strict: bool | None = None,
+        parallel_tool_calls: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessageChunk]:
+        return _structured.bind_tools(
+            self, tools, tool_choice=tool_choice, strict=strict, parallel_tool_calls=parallel_tool_calls, **kwargs
+        )
 
-    def with_structured_output(self, schema: dict[str, Any] | type | None = None, *,
-                               method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
-                               include_raw: bool = False, strict: bool | None = None,
-                               **kwargs: Any) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
-        return _structured.with_structured_output(self, schema, method=method, include_raw=include_raw,
-                                                  strict=strict, **kwargs)
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["json_schema", "function_calling", "json_mode"] = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        return _structured.with_structured_output(
+            self, schema, method=method, include_raw=include_raw, strict=strict, **kwargs
+        )
 
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    run: Callable[[list[str]], int | None]
     usage = "usage: qwen-fast {demo,bench,doctor} [options]   (qwen-fast CMD --help for each)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)

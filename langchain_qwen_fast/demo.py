@@ -73,16 +73,33 @@ def _run(label: str, inputs: list[dict[str, str]], call: Callable[[list[Any]], A
         outputs = call(callbacks)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     errors = sum(isinstance(o, Exception) for o in outputs)
-    return {"label": label, "wall": wall, "rps": len(inputs) / wall, "cpu_ms": cpu / len(inputs) * 1000,
-            "errors": errors, "sample": next((o for o in outputs if isinstance(o, str)), ""),
-            **percentiles(rec.latencies)}
+    return {
+        "label": label,
+        "wall": wall,
+        "rps": len(inputs) / wall,
+        "cpu_ms": cpu / len(inputs) * 1000,
+        "errors": errors,
+        "sample": next((o for o in outputs if isinstance(o, str)), ""),
+        **percentiles(rec.latencies),
+    }
 
 
 def _table(rows: list[dict[str, Any]], n: int, where: str) -> None:
     base = rows[0]
     headers = ["client", "wall s", "req/s", "p50 s", "p95 s", "client CPU ms/req", "speed-up", "errors"]
-    body = [[r["label"], f"{r['wall']:.1f}", f"{r['rps']:.1f}", f"{r['p50_s']:.2f}", f"{r['p95_s']:.2f}",
-             f"{r['cpu_ms']:.2f}", f"{r['rps'] / base['rps']:.1f}x", str(r["errors"])] for r in rows]
+    body = [
+        [
+            r["label"],
+            f"{r['wall']:.1f}",
+            f"{r['rps']:.1f}",
+            f"{r['p50_s']:.2f}",
+            f"{r['p95_s']:.2f}",
+            f"{r['cpu_ms']:.2f}",
+            f"{r['rps'] / base['rps']:.1f}x",
+            str(r["errors"]),
+        ]
+        for r in rows
+    ]
     try:
         from rich.console import Console
         from rich.table import Table
@@ -122,26 +139,42 @@ def main(argv: list[str] | None = None) -> int:
         url = a.base_url or sim.base_url
         where = url if a.base_url else "simulated Qwen3-0.6B on an H100 (vLLM-calibrated)"
         print(f"server: {where}\n")
-        common = {"base_url": url, "model": a.model, "api_key": a.api_key, "max_tokens": a.max_tokens,
-                  "temperature": 0.7}
+        common = {
+            "base_url": url,
+            "model": a.model,
+            "api_key": a.api_key,
+            "max_tokens": a.max_tokens,
+            "temperature": 0.7,
+        }
         openai_chain = _chain(ChatOpenAI(**common, extra_body={"chat_template_kwargs": {"enable_thinking": False}}))
         qwen = BatchedChatQwen(**common)
         qwen_chain = _chain(qwen)
         _chain(qwen).batch(inputs[:32])  # warm both pools so neither pays connection set-up in the table
         openai_chain.batch(inputs[:32])
         rows = [
-            _run("ChatOpenAI.batch", inputs, lambda cb: openai_chain.batch(
-                inputs, config={"callbacks": cb}, return_exceptions=True)),
-            _run("BatchedChatQwen.batch", inputs, lambda cb: qwen_chain.batch(
-                inputs, config={"callbacks": cb}, return_exceptions=True)),
-            _run("BatchedChatQwen.abatch", inputs, lambda cb: asyncio.run(qwen_chain.abatch(
-                inputs, config={"callbacks": cb}, return_exceptions=True))),
+            _run(
+                "ChatOpenAI.batch",
+                inputs,
+                lambda cb: openai_chain.batch(inputs, config={"callbacks": cb}, return_exceptions=True),
+            ),
+            _run(
+                "BatchedChatQwen.batch",
+                inputs,
+                lambda cb: qwen_chain.batch(inputs, config={"callbacks": cb}, return_exceptions=True),
+            ),
+            _run(
+                "BatchedChatQwen.abatch",
+                inputs,
+                lambda cb: asyncio.run(qwen_chain.abatch(inputs, config={"callbacks": cb}, return_exceptions=True)),
+            ),
         ]
         print()
         _table(rows, a.n, where)
         s = qwen.stats()
-        print(f"BatchedChatQwen.stats(): {s['items']} items in {s['batches']} HTTP requests, "
-              f"batch sizes {s['batch_size_histogram']}, max in flight {s['max_in_flight']}")
+        print(
+            f"BatchedChatQwen.stats(): {s['items']} items in {s['batches']} HTTP requests, "
+            f"batch sizes {s['batch_size_histogram']}, max in flight {s['max_in_flight']}"
+        )
         qwen.close()
     return 0
 

@@ -44,12 +44,45 @@ def main(argv: list[str] | None = None) -> int:
             out = str(folder / f"cpu_m{mt}.jsonl")
             files.append(out)
             extra = ["--poisson", "0.8", "--poisson-seconds", str(a.poisson_seconds)] if mt == 128 else []
-            runner.main(["--base-url", url, "--plan", "cpu", "--max-tokens", str(mt), "--n", str(a.n),
-                         "--rounds", str(a.rounds), "--out", out, "--tag", "cpu", *extra])
+            runner.main(
+                [
+                    "--base-url",
+                    url,
+                    "--plan",
+                    "cpu",
+                    "--max-tokens",
+                    str(mt),
+                    "--n",
+                    str(a.n),
+                    "--rounds",
+                    str(a.rounds),
+                    "--out",
+                    out,
+                    "--tag",
+                    "cpu",
+                    *extra,
+                ]
+            )
         out = str(folder / "cpu_serial_m128.jsonl")
         files.append(out)
-        runner.main(["--base-url", url, "--plan", "serial", "--max-tokens", "128", "--n", str(a.serial_n),
-                     "--rounds", str(a.rounds), "--out", out, "--tag", "serial"])
+        runner.main(
+            [
+                "--base-url",
+                url,
+                "--plan",
+                "serial",
+                "--max-tokens",
+                "128",
+                "--n",
+                str(a.serial_n),
+                "--rounds",
+                str(a.rounds),
+                "--out",
+                out,
+                "--tag",
+                "serial",
+            ]
+        )
     rows = report.load(files)
     md = "\n".join(x for x in (report.closed_loop_md(rows), report.open_loop_md(rows)) if x)
     (folder / "tables.md").write_text(md)

@@ -16,11 +16,22 @@ from pathlib import Path
 from typing import Any
 
 ORDER = [
-    "raw_aiohttp_chat_c256", "raw_aiohttp_list32_x16",
-    "qwen_batch_completions", "qwen_batch_completions_no_token_ids", "qwen_abatch_completions", "qwen_threads32_completions",
-    "qwen_batch_chat", "qwen_abatch_chat", "qwen_threads32_chat",
-    "openai_batch_default", "openai_batch_c256", "openai_abatch_default",
-    "httpx_serial", "qwen_serial_chat", "qwen_serial_completions", "openai_serial",
+    "raw_aiohttp_chat_c256",
+    "raw_aiohttp_list32_x16",
+    "qwen_batch_completions",
+    "qwen_batch_completions_no_token_ids",
+    "qwen_abatch_completions",
+    "qwen_threads32_completions",
+    "qwen_batch_chat",
+    "qwen_abatch_chat",
+    "qwen_threads32_chat",
+    "openai_batch_default",
+    "openai_batch_c256",
+    "openai_abatch_default",
+    "httpx_serial",
+    "qwen_serial_chat",
+    "qwen_serial_completions",
+    "openai_serial",
 ]
 
 
@@ -53,8 +64,10 @@ def closed_loop(rows: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any
         out[mt] = {}
         for name, rs in scen.items():
             out[mt][name] = {
-                "n": rs[0]["n"], "rounds": len(rs),
-                "req_s": _med([r["req_s"] for r in rs]), "req_s_spread": _spread([r["req_s"] for r in rs]),
+                "n": rs[0]["n"],
+                "rounds": len(rs),
+                "req_s": _med([r["req_s"] for r in rs]),
+                "req_s_spread": _spread([r["req_s"] for r in rs]),
                 "cpu_ms": _med([r["client_cpu_ms_per_req"] for r in rs]),
                 "p50": _med([r["p50_s"] for r in rs if r.get("p50_s") is not None]),
                 "p95": _med([r["p95_s"] for r in rs if r.get("p95_s") is not None]),
@@ -70,17 +83,22 @@ def closed_loop_md(rows: list[dict[str, Any]]) -> str:
         oai = scen.get("openai_batch_default")
         raw = max((v["req_s"] for k, v in scen.items() if k.startswith("raw_")), default=None)
         oai_cpu = {k.replace("openai_", ""): v["cpu_ms"] for k, v in scen.items() if k.startswith("openai_")}
-        lines += [f"#### max_tokens = {mt} (N = {next(iter(scen.values()))['n']})", "",
-                  "| scenario | req/s (median) | spread | x ChatOpenAI .batch | x best raw | client CPU ms/req | "
-                  "CPU x ChatOpenAI .batch | p50 s | p95 s | errors | tokens exact |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            f"#### max_tokens = {mt} (N = {next(iter(scen.values()))['n']})",
+            "",
+            "| scenario | req/s (median) | spread | x ChatOpenAI .batch | x best raw | client CPU ms/req | "
+            "CPU x ChatOpenAI .batch | p50 s | p95 s | errors | tokens exact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name in sorted(scen, key=lambda k: ORDER.index(k) if k in ORDER else 99):
             v = scen[name]
             x_oai = f"{v['req_s'] / oai['req_s']:.2f}" if oai else ""
             x_raw = f"{v['req_s'] / raw:.2f}" if raw else ""
             cpu_ratio = f"{v['cpu_ms'] / oai['cpu_ms']:.2f}" if oai else ""
-            lines.append(f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {v['cpu_ms']:.3f} | "
-                         f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {v['errors']} | {'yes' if v['tokens_ok'] else 'no'} |")
+            lines.append(
+                f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {v['cpu_ms']:.3f} | "
+                f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {v['errors']} | {'yes' if v['tokens_ok'] else 'no'} |"
+            )
         del oai_cpu
         lines.append("")
     return "\n".join(lines)
@@ -90,12 +108,16 @@ def open_loop_md(rows: list[dict[str, Any]]) -> str:
     pr = [r for r in rows if r["scenario"].startswith("poisson") and not r.get("failure")]
     if not pr:
         return ""
-    lines = ["| max_tokens | offered req/s (share of best raw) | client | achieved req/s | p50 s | p95 s | p99 s | errors |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| max_tokens | offered req/s (share of best raw) | client | achieved req/s | p50 s | p95 s | p99 s | errors |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in sorted(pr, key=lambda r: (r["max_tokens"], r["offered_rps"], r["scenario"])):
         share = f" ({r['load_fraction']:.0%})" if r.get("load_fraction") else ""
-        lines.append(f"| {r['max_tokens']} | {r['offered_rps']:.0f}{share} | {r['scenario'].replace('poisson_', '')} | "
-                     f"{r['req_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['p99_s']} | {r['errors']} |")
+        lines.append(
+            f"| {r['max_tokens']} | {r['offered_rps']:.0f}{share} | {r['scenario'].replace('poisson_', '')} | "
+            f"{r['req_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['p99_s']} | {r['errors']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -103,10 +125,15 @@ def sweep_md(rows: list[dict[str, Any]]) -> str:
     sw = [r for r in rows if r.get("sweep") and not r.get("failure")]
     if not sw:
         return ""
-    lines = ["| max_tokens | sweep | N | admission limit | wire mode | req/s | client CPU ms/req |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| max_tokens | sweep | N | admission limit | wire mode | req/s | client CPU ms/req |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in sw:
-        lines.append(f"| {r['max_tokens']} | {r['sweep']} | {r['n']} | {r.get('admission_limit', 512)} | {r.get('mode')} | "
-                     f"{r['req_s']:.1f} | {r['client_cpu_ms_per_req']:.3f} |")
+        lines.append(
+            f"| {r['max_tokens']} | {r['sweep']} | {r['n']} | {r.get('admission_limit', 512)} | {r.get('mode')} | "
+            f"{r['req_s']:.1f} | {r['client_cpu_ms_per_req']:.3f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -120,7 +147,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
     pr = [r for r in rows if r["scenario"].startswith("poisson") and not r.get("failure")]
     fig, axes = plt.subplots(1, len(cl) + (1 if pr else 0), figsize=(6 * (len(cl) + (1 if pr else 0)), 5))
     axes = axes if hasattr(axes, "__len__") else [axes]
-    for ax, (mt, scen) in zip(axes, sorted(cl.items())):
+    for ax, (mt, scen) in zip(axes, sorted(cl.items()), strict=False):
         names = [n for n in sorted(scen, key=lambda k: ORDER.index(k) if k in ORDER else 99) if "serial" not in n]
         vals = [scen[n]["req_s"] for n in names]
         colors = ["#888" if n.startswith("raw") else "#d62728" if n.startswith("openai") else "#1f77b4" for n in names]
@@ -134,9 +161,16 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         ax = axes[-1]
         for name in sorted({r["scenario"] for r in pr}):
             for mt in sorted({r["max_tokens"] for r in pr}):
-                pts = sorted((r["offered_rps"], r["p95_s"]) for r in pr if r["scenario"] == name and r["max_tokens"] == mt)
+                pts = sorted(
+                    (r["offered_rps"], r["p95_s"]) for r in pr if r["scenario"] == name and r["max_tokens"] == mt
+                )
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{name.replace('poisson_', '')} m{mt}")
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        marker="o",
+                        label=f"{name.replace('poisson_', '')} m{mt}",
+                    )
         ax.set_xlabel("offered load (req/s, Poisson)")
         ax.set_ylabel("p95 latency (s)")
         ax.set_yscale("log")

@@ -21,22 +21,31 @@ Plan = list[tuple[str, Callable[[S.Workload], dict[str, Any]]]]
 
 
 def plan(name: str) -> Plan:
-    qwen = [(f"qwen_{how}_{mode}", lambda w, h=how, m=mode: S.qwen_scenario(w, h, m))
-            for mode in ("chat", "completions") for how in ("batch", "abatch", "threads32")]
-    openai = [("openai_batch_default", lambda w: S.openai_scenario(w, "batch")),
-              ("openai_batch_c256", lambda w: S.openai_scenario(w, "batch", 256)),
-              ("openai_abatch_default", lambda w: S.openai_scenario(w, "abatch"))]
-    raw = [("raw_aiohttp_chat_c256", lambda w: S.raw_scenario(w, "chat", 256)),
-           ("raw_aiohttp_list32_x16", lambda w: S.raw_scenario(w, "list", 16, 32))]
+    qwen = [
+        (f"qwen_{how}_{mode}", lambda w, h=how, m=mode: S.qwen_scenario(w, h, m))
+        for mode in ("chat", "completions")
+        for how in ("batch", "abatch", "threads32")
+    ]
+    openai = [
+        ("openai_batch_default", lambda w: S.openai_scenario(w, "batch")),
+        ("openai_batch_c256", lambda w: S.openai_scenario(w, "batch", 256)),
+        ("openai_abatch_default", lambda w: S.openai_scenario(w, "abatch")),
+    ]
+    raw = [
+        ("raw_aiohttp_chat_c256", lambda w: S.raw_scenario(w, "chat", 256)),
+        ("raw_aiohttp_list32_x16", lambda w: S.raw_scenario(w, "list", 16, 32)),
+    ]
     no_ids = [("qwen_batch_completions_no_token_ids", lambda w: S.qwen_scenario(w, "batch", "completions", False))]
     if name == "gpu":
         return [*raw, *qwen, *no_ids, *openai]
     if name == "cpu":
         return [*raw, *qwen, *openai]
     if name == "serial":
-        return [("httpx_serial", S.httpx_serial),
-                ("qwen_serial_chat", lambda w: S.qwen_scenario(w, "serial", "chat")),
-                ("openai_serial", lambda w: S.openai_scenario(w, "serial"))]
+        return [
+            ("httpx_serial", S.httpx_serial),
+            ("qwen_serial_chat", lambda w: S.qwen_scenario(w, "serial", "chat")),
+            ("openai_serial", lambda w: S.openai_scenario(w, "serial")),
+        ]
     raise ValueError(f"unknown plan {name!r}")
 
 
@@ -75,7 +84,12 @@ def main(argv: list[str] | None = None) -> None:
             try:
                 row = fn(w)
             except Exception as e:  # a failed scenario is a row, not the end of the run
-                row = {"scenario": name, "max_tokens": w.max_tokens, "n": w.n, "failure": f"{type(e).__name__}: {e}"[:300]}
+                row = {
+                    "scenario": name,
+                    "max_tokens": w.max_tokens,
+                    "n": w.n,
+                    "failure": f"{type(e).__name__}: {e}"[:300],
+                }
             row.update(round=rnd, tag=a.tag, t=time.time())
             emit(a.out, row)
     if a.poisson:
@@ -99,9 +113,9 @@ def main(argv: list[str] | None = None) -> None:
 def run_one(a: argparse.Namespace, w: S.Workload, mode: str, limit: int | None, kind: str) -> None:
     if a.deadline and time.time() > a.deadline:
         return
-    kw = {"max_concurrency": limit} if limit else {}
+    kw: dict[str, Any] = {"max_concurrency": limit} if limit else {}
     row = S.qwen_scenario(w, "batch", mode, **kw)
-    row.update(sweep=kind, admission_limit=limit or 256, tag=a.tag, t=time.time())
+    row.update(sweep=kind, admission_limit=limit or "default", tag=a.tag, t=time.time())
     emit(a.out, row)
 
 
@@ -112,9 +126,16 @@ def emit(path: str, row: dict[str, Any]) -> None:
 
 
 def best_raw(path: str, max_tokens: int) -> float:
-    rows = [json.loads(line) for line in open(path)]
-    vals = [r["req_s"] for r in rows if r.get("scenario", "").startswith("raw_") and r.get("max_tokens") == max_tokens
-            and r.get("req_s") and not r.get("errors")]
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    vals = [
+        r["req_s"]
+        for r in rows
+        if r.get("scenario", "").startswith("raw_")
+        and r.get("max_tokens") == max_tokens
+        and r.get("req_s")
+        and not r.get("errors")
+    ]
     if not vals:
         raise SystemExit("no raw rows to derive the open-loop rate from")
     return max(vals)

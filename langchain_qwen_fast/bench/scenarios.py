@@ -22,19 +22,56 @@ from typing import Any
 from langchain_core.callbacks import BaseCallbackHandler
 
 QUESTIONS = [
-    "What is quantum entanglement?", "Explain photosynthesis to a child.", "Give three tips for better sleep.",
-    "What causes the seasons on Earth?", "Summarise the plot of Hamlet.", "How does a hash map work?",
-    "Why is the sky blue?", "Name five prime numbers.", "What is the difference between TCP and UDP?",
-    "Write a haiku about autumn.", "How do vaccines train the immune system?", "What is a black hole?",
-    "Suggest a name for a coffee shop.", "Explain recursion with an example.", "What is inflation?",
-    "How do I boil an egg?", "What is the Pythagorean theorem?", "Describe the water cycle.",
-    "What is machine learning?", "Translate 'good morning' into French.", "Why do cats purr?",
-    "What is the tallest mountain?", "Explain supply and demand.", "How does GPS work?", "What is DNA?",
-    "什么是量子纠缠？", "用简单的话解释光合作用。", "给出三个改善睡眠的建议。", "地球为什么有四季？", "概述《哈姆雷特》的情节。",
-    "哈希表是如何工作的？", "天空为什么是蓝色的？", "列出五个质数。", "TCP和UDP有什么区别？", "写一首关于秋天的俳句。",
-    "疫苗如何训练免疫系统？", "什么是黑洞？", "给咖啡店起个名字。", "用例子解释递归。", "什么是通货膨胀？",
-    "怎么煮鸡蛋？", "什么是勾股定理？", "描述水循环。", "什么是机器学习？", "把“早上好”翻译成法语。",
-    "猫为什么会打呼噜？", "世界上最高的山是哪座？", "解释供求关系。", "GPS是如何工作的？", "什么是DNA？",
+    "What is quantum entanglement?",
+    "Explain photosynthesis to a child.",
+    "Give three tips for better sleep.",
+    "What causes the seasons on Earth?",
+    "Summarise the plot of Hamlet.",
+    "How does a hash map work?",
+    "Why is the sky blue?",
+    "Name five prime numbers.",
+    "What is the difference between TCP and UDP?",
+    "Write a haiku about autumn.",
+    "How do vaccines train the immune system?",
+    "What is a black hole?",
+    "Suggest a name for a coffee shop.",
+    "Explain recursion with an example.",
+    "What is inflation?",
+    "How do I boil an egg?",
+    "What is the Pythagorean theorem?",
+    "Describe the water cycle.",
+    "What is machine learning?",
+    "Translate 'good morning' into French.",
+    "Why do cats purr?",
+    "What is the tallest mountain?",
+    "Explain supply and demand.",
+    "How does GPS work?",
+    "What is DNA?",
+    "什么是量子纠缠？",
+    "用简单的话解释光合作用。",
+    "给出三个改善睡眠的建议。",
+    "地球为什么有四季？",
+    "概述《哈姆雷特》的情节。",
+    "哈希表是如何工作的？",
+    "天空为什么是蓝色的？",
+    "列出五个质数。",
+    "TCP和UDP有什么区别？",
+    "写一首关于秋天的俳句。",
+    "疫苗如何训练免疫系统？",
+    "什么是黑洞？",
+    "给咖啡店起个名字。",
+    "用例子解释递归。",
+    "什么是通货膨胀？",
+    "怎么煮鸡蛋？",
+    "什么是勾股定理？",
+    "描述水循环。",
+    "什么是机器学习？",
+    "把“早上好”翻译成法语。",
+    "猫为什么会打呼噜？",
+    "世界上最高的山是哪座？",
+    "解释供求关系。",
+    "GPS是如何工作的？",
+    "什么是DNA？",
 ]
 
 
@@ -107,25 +144,58 @@ def qwen_model(w: Workload, mode: str = "completions", token_ids: bool = True, *
     from langchain_qwen_fast import BatchedChatQwen
 
     extra = w.extra if token_ids else {**w.extra, "return_token_ids": False}
-    return BatchedChatQwen(base_url=w.base_url, model=w.model, api_key=w.api_key, max_tokens=w.max_tokens,
-                           temperature=w.temperature, wire_mode=mode, model_kwargs=extra, timeout=600, **kw)
+    return BatchedChatQwen(
+        base_url=w.base_url,
+        model=w.model,
+        api_key=w.api_key,
+        max_tokens=w.max_tokens,
+        temperature=w.temperature,
+        wire_mode=mode,
+        model_kwargs=extra,
+        timeout=600,
+        **kw,
+    )
 
 
 def openai_model(w: Workload) -> Any:
     from langchain_openai import ChatOpenAI
 
-    return ChatOpenAI(base_url=w.base_url, model=w.model, api_key=w.api_key, max_tokens=w.max_tokens,
-                      temperature=w.temperature, timeout=600,
-                      extra_body={**w.extra, "chat_template_kwargs": {"enable_thinking": False}})
+    return ChatOpenAI(
+        base_url=w.base_url,
+        model=w.model,
+        api_key=w.api_key,
+        max_tokens=w.max_tokens,
+        temperature=w.temperature,
+        timeout=600,
+        extra_body={**w.extra, "chat_template_kwargs": {"enable_thinking": False}},
+    )
 
 
-def _result(name: str, w: Workload, wall: float, cpu: float, lat: list[float], tokens: int, errors: int,
-            n: int | None = None, **extra: Any) -> dict[str, Any]:
+def _result(
+    name: str,
+    w: Workload,
+    wall: float,
+    cpu: float,
+    lat: list[float],
+    tokens: int,
+    errors: int,
+    n: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     n = n if n is not None else w.n
-    return {"scenario": name, "max_tokens": w.max_tokens, "n": n, "wall_s": round(wall, 3),
-            "req_s": round(n / wall, 2) if wall > 0 else None, "client_cpu_ms_per_req": round(cpu / n * 1000, 4),
-            **percentiles(lat), "errors": errors, "output_tokens": tokens,
-            "tokens_ok": tokens == n * w.max_tokens, **extra}
+    return {
+        "scenario": name,
+        "max_tokens": w.max_tokens,
+        "n": n,
+        "wall_s": round(wall, 3),
+        "req_s": round(n / wall, 2) if wall > 0 else None,
+        "client_cpu_ms_per_req": round(cpu / n * 1000, 4),
+        **percentiles(lat),
+        "errors": errors,
+        "output_tokens": tokens,
+        "tokens_ok": tokens == n * w.max_tokens,
+        **extra,
+    }
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
@@ -134,8 +204,9 @@ def _timed(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return out, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def _lc_run(name: str, w: Workload, model: Any, how: str, config: dict[str, Any] | None = None,
-            **extra: Any) -> dict[str, Any]:
+def _lc_run(
+    name: str, w: Workload, model: Any, how: str, config: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     rec = LatencyRecorder()
     cfg = {**(config or {}), "callbacks": [rec]}
     ps = prompts(w.n)
@@ -144,15 +215,18 @@ def _lc_run(name: str, w: Workload, model: Any, how: str, config: dict[str, Any]
     elif how == "abatch":
         fn = lambda: asyncio.run(model.abatch(ps, config=cfg, return_exceptions=True))  # noqa: E731
     elif how == "threads32":
+
         def fn() -> Any:
             def one(p: str) -> Any:
                 try:
                     return model.invoke(p, config={"callbacks": [rec]})
                 except Exception as e:
                     return e
+
             with ThreadPoolExecutor(32) as ex:
                 return list(ex.map(one, ps))
     elif how == "serial":
+
         def fn() -> Any:
             return [model.invoke(p, config={"callbacks": [rec]}) for p in ps]
     else:
@@ -161,8 +235,9 @@ def _lc_run(name: str, w: Workload, model: Any, how: str, config: dict[str, Any]
     return _result(name, w, wall, cpu, rec.latencies, rec.tokens, rec.errors, **extra)
 
 
-def qwen_scenario(w: Workload, how: str, mode: str = "completions", token_ids: bool = True,
-                  **kw: Any) -> dict[str, Any]:
+def qwen_scenario(
+    w: Workload, how: str, mode: str = "completions", token_ids: bool = True, **kw: Any
+) -> dict[str, Any]:
     # Not closed afterwards: instances with equal settings share one warm pool, as ChatOpenAI's
     # cached httpx client stays warm between its scenarios.
     model = qwen_model(w, mode, token_ids, **kw)
@@ -181,8 +256,14 @@ def openai_scenario(w: Workload, how: str, max_concurrency: int | None = None) -
 
 # -- raw strategies (no LangChain): the ceilings a client library can hope to reach ----------------
 def _chat_body(w: Workload, q: str) -> dict[str, Any]:
-    return {"model": w.model, "messages": [{"role": "user", "content": q}], "max_tokens": w.max_tokens,
-            "temperature": w.temperature, **w.extra, "chat_template_kwargs": {"enable_thinking": False}}
+    return {
+        "model": w.model,
+        "messages": [{"role": "user", "content": q}],
+        "max_tokens": w.max_tokens,
+        "temperature": w.temperature,
+        **w.extra,
+        "chat_template_kwargs": {"enable_thinking": False},
+    }
 
 
 def _chatml(q: str) -> str:
@@ -198,8 +279,9 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
     ps = prompts(w.n)
     url = w.base_url.rstrip("/")
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {w.api_key}"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=inflight + 8),
-                                     timeout=aiohttp.ClientTimeout(total=600)) as s:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=inflight + 8), timeout=aiohttp.ClientTimeout(total=600)
+    ) as s:
         sem = asyncio.Semaphore(inflight)
 
         async def post(path: str, body: dict[str, Any], k: int) -> None:
@@ -220,9 +302,19 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
         else:
             bodies = []
             for k in range(0, len(ps), batch):
-                chunk = ps[k:k + batch]
-                bodies.append(({"model": w.model, "prompt": [_chatml(q) for q in chunk], "max_tokens": w.max_tokens,
-                                "temperature": w.temperature, **w.extra}, len(chunk)))
+                chunk = ps[k : k + batch]
+                bodies.append(
+                    (
+                        {
+                            "model": w.model,
+                            "prompt": [_chatml(q) for q in chunk],
+                            "max_tokens": w.max_tokens,
+                            "temperature": w.temperature,
+                            **w.extra,
+                        },
+                        len(chunk),
+                    )
+                )
             await asyncio.gather(*(post("/completions", b, k) for b, k in bodies))
     return lat, toks, errors
 
@@ -242,8 +334,11 @@ def httpx_serial(w: Workload) -> dict[str, Any]:
         c0, t0 = cpu_seconds(), time.perf_counter()
         for q in prompts(w.n):
             t = time.perf_counter()
-            r = c.post(w.base_url.rstrip("/") + "/chat/completions", json=_chat_body(w, q),
-                       headers={"Authorization": f"Bearer {w.api_key}"})
+            r = c.post(
+                w.base_url.rstrip("/") + "/chat/completions",
+                json=_chat_body(w, q),
+                headers={"Authorization": f"Bearer {w.api_key}"},
+            )
             toks += r.json()["usage"]["completion_tokens"]
             lat.append(time.perf_counter() - t)
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -251,7 +346,9 @@ def httpx_serial(w: Workload) -> dict[str, Any]:
 
 
 # -- open loop ------------------------------------------------------------------------------------
-async def _poisson(w: Workload, model: Any, rate: float, duration: float, seed: int) -> tuple[list[float], int, int, int]:
+async def _poisson(
+    w: Workload, model: Any, rate: float, duration: float, seed: int
+) -> tuple[list[float], int, int, int]:
     rng = random.Random(seed)
     lat: list[float] = []
     toks = errors = sent = 0
@@ -280,10 +377,21 @@ async def _poisson(w: Workload, model: Any, rate: float, duration: float, seed: 
     return lat, toks, errors, sent
 
 
-def poisson_scenario(w: Workload, client: str, rate: float, duration: float, seed: int = 7,
-                     mode: str = "completions") -> dict[str, Any]:
+def poisson_scenario(
+    w: Workload, client: str, rate: float, duration: float, seed: int = 7, mode: str = "completions"
+) -> dict[str, Any]:
     model = qwen_model(w, mode) if client == "qwen" else openai_model(w)
     (lat, toks, errors, sent), wall, cpu = _timed(lambda: asyncio.run(_poisson(w, model, rate, duration, seed)))
     name = f"poisson_{'qwen_ainvoke_' + mode if client == 'qwen' else 'openai_ainvoke'}"
-    return _result(name, w, wall, cpu, lat, toks, errors, n=sent, offered_rps=rate,
-                   client="BatchedChatQwen" if client == "qwen" else "ChatOpenAI")
+    return _result(
+        name,
+        w,
+        wall,
+        cpu,
+        lat,
+        toks,
+        errors,
+        n=sent,
+        offered_rps=rate,
+        client="BatchedChatQwen" if client == "qwen" else "ChatOpenAI",
+    )
