@@ -316,7 +316,7 @@ class Dispatcher:
             for it in live:
                 self._settle(it, exc=e)
             return
-        for it, (choice, usage) in zip(live, parts):
+        for it, (choice, usage) in zip(live, parts, strict=True):
             self._settle(it, completion_choice_to_result(resp, choice, usage, it.model))
 
     # -- lifecycle -----------------------------------------------------------------------------

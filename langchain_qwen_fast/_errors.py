@@ -10,7 +10,7 @@ Hierarchy (each also carries ``status_code``, ``body`` and ``url`` where there w
     ├── ModelNotFoundError         <- NotFoundError              404 (names the /v1 fix when it applies)
     ├── ModelRateLimitError        <- RateLimitError             429 (retried, honours Retry-After)
     ├── ModelAPIError              <- ServerError                5xx (retried)
-    │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes the first bytes)
+    │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes it)
     ├── ModelConnectionError       <- APIConnectionError         reset, refused, DNS, truncated body (retried)
     └── ModelTimeoutError          <- DeadlineExceededError      the call's one deadline, or 408 (408 retried)
     RuntimeError                   <- ClientClosedError          the model was closed while the call waited

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import contextlib
 import logging
 import os
 import threading
@@ -150,10 +151,8 @@ class Runtime:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-        try:
+        with contextlib.suppress(Exception):  # bounded and quiet on the way out
             asyncio.run_coroutine_threadsafe(_close_all(), self.loop).result(timeout)
-        except Exception:
-            pass
         self.closed = True
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout)

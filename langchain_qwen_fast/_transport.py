@@ -11,6 +11,7 @@ and a replica that fails repeatedly is ejected for a while.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
@@ -106,10 +107,8 @@ class Transport:
 
     def _record_failure(self, ep: Endpoint, exc: BaseException) -> None:
         ep.stats.error(type(exc).__name__)
-        try:
+        with contextlib.suppress(AttributeError):
             exc._endpoint = ep  # type: ignore[attr-defined]  # lets a retry avoid this replica
-        except AttributeError:
-            pass
         if isinstance(exc, (APIConnectionError, ServerError)):
             ep.failures += 1
             if ep.failures >= self.retry.eject_after and len(self.endpoints) > 1:

@@ -263,6 +263,9 @@ class BatchedChatQwen(BaseChatModel):
         with self._lock:
             if self._closed:
                 raise ClientClosedError("this BatchedChatQwen was closed; create a new instance to call it again")
+            lease = self._lease  # another thread may have leased the pool while this one waited for the lock
+            if lease is not None and not lease.closed and lease.rt is rt:
+                return rt, lease.disp
             cfg = DispatchConfig(self.max_concurrency, self.max_batch_size, self.max_wait_ms, self.max_batch_tokens)
             limits = Limits(max_connections=self.max_connections)
             retry = RetryPolicy(max_retries=max(0, self.max_retries))

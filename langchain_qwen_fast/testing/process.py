@@ -185,8 +185,10 @@ class SimServer:
     def _output(self) -> str:
         if self._log is None:
             return ""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")
+        # pread, not seek+read: the child shares this file's offset, and moving it back to 0 would
+        # make the child's next write overwrite the start of its own output.
+        fd = self._log.fileno()
+        return os.pread(fd, os.fstat(fd).st_size, 0).decode("utf-8", "replace")
 
     def output_tail(self, lines: int = 40) -> str:
         """The last lines of the child's stdout+stderr (for failure messages)."""

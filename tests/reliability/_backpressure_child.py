@@ -1,0 +1,88 @@
+"""Child process of test_backpressure.py: ``abatch`` N short prompts, report one JSON line.
+
+A process of its own, so ``ru_maxrss`` is this workload's peak and not the test session's.
+Usage: ``python _backpressure_child.py BASE_URL N MAX_CONCURRENCY WIRE``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import SIM_MODEL, Ledger
+
+from langchain_qwen_fast import BatchedChatQwen
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def main() -> None:
+    base_url, n, maxc, wire = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    model = BatchedChatQwen(
+        base_url=base_url,
+        model=SIM_MODEL,
+        max_tokens=8,
+        max_concurrency=maxc,
+        wire_mode=wire,
+        timeout=300.0,
+    )
+    led = Ledger(f"{n} pending items, abatch, max_concurrency={maxc} ({wire})")
+    ids, prompts = led.prompts(n)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    samples: list[float] = []
+    seen: list[dict[str, int]] = []
+
+    async def run() -> list[object]:
+        async def watch() -> None:  # the dispatcher's own view while the queue drains
+            while True:
+                st = model.stats()
+                seen.append({"in_flight": st["in_flight"], "queued": st["queued"]})
+                samples.append(_rss_mib())
+                await asyncio.sleep(0.25)
+
+        w = asyncio.create_task(watch())
+        try:
+            return await model.abatch(prompts, return_exceptions=True)
+        finally:
+            w.cancel()
+
+    t0 = time.monotonic()
+    outs = asyncio.run(run())
+    elapsed = time.monotonic() - t0
+    led.record_all(ids, outs)
+    t = led.tally()
+    st = model.stats()
+    print(
+        json.dumps(
+            {
+                "row": t.row(),
+                "problems": t.problems[:10],
+                "elapsed_s": round(elapsed, 2),
+                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_before_mib": round(peak_before, 1),
+                "rss_samples_max_mib": round(max(samples or [0]), 1),
+                "client_max_in_flight": st["max_in_flight"],
+                "in_flight_end": st["in_flight"],
+                "queued_end": st["queued"],
+                "max_queued_seen": max((s["queued"] for s in seen), default=0),
+                "max_in_flight_seen": max((s["in_flight"] for s in seen), default=0),
+                "batches": st["batches"],
+            }
+        ),
+        flush=True,
+    )
+    model.close()
+
+
+if __name__ == "__main__":
+    main()
