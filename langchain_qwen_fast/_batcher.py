@@ -28,8 +28,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_core.outputs import ChatResult
-
 from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
 from langchain_qwen_fast._stats import DispatchStats
@@ -97,9 +95,6 @@ class Dispatcher:
             self._pump_scheduled = True
             loop.call_soon(self._pump)
         return item.future
-
-    async def call(self, item: Item) -> ChatResult:
-        return await self.submit(item)  # type: ignore[no-any-return]
 
     async def stream_slot(self) -> None:
         """Wait for admission of one streamed request; pair with :meth:`release_slot`."""

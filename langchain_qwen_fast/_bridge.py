@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from langchain_qwen_fast._batcher import Dispatcher, Item, Submission
+from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._runtime import Runtime
 
 Triple = tuple[int, Any, BaseException | None]
@@ -95,7 +96,9 @@ class _StreamPipe:
                 put(event)
             put(_END)
         except asyncio.CancelledError:
-            put(_END)
+            # Either the consumer stopped reading (then nobody sees this) or the runtime is shutting
+            # down: a stream cut short must never look like one that finished.
+            put(ClientClosedError("the stream was cancelled before it finished"))
             raise
         except BaseException as e:
             put(e)

@@ -206,8 +206,11 @@ def _is_certificate_error(cause: BaseException) -> bool:
 
 
 def connection_error(url: str, cause: BaseException, *, maybe_sent: bool) -> APIConnectionError:
+    detail = str(cause)
+    if "@" in detail:  # aiohttp puts the request URL, credentials included, into some messages
+        detail = " ".join(redact_url(w) if "://" in w else w for w in detail.split(" "))
     url = redact_url(url)
-    text = f"connection to {url} failed: {type(cause).__name__}: {cause}"
+    text = f"connection to {url} failed: {type(cause).__name__}: {detail}"
     cert = _is_certificate_error(cause)
     if cert:
         text += (" -- the server's TLS certificate failed verification; for a private CA pass "

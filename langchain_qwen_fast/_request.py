@@ -108,13 +108,12 @@ def build_spec(
 def make_item(spec: CallSpec, messages: Sequence[BaseMessage]) -> Item:
     """One input -> Item. Raises ValueError for bad input, before anything is sent."""
     dicts = messages_to_dicts(messages)
+    if spec.list_eligible and can_render(dicts):
+        # A list item travels as its prompt plus the shared list parameters; it never needs a chat payload.
+        prompt = render_chatml(dicts, enable_thinking=spec.enable_thinking)
+        return Item(payload={}, headers=spec.headers, deadline_s=spec.timeout, model=spec.model, prompt=prompt,
+                    key=spec.list_key, list_params=spec.list_params,
+                    est_tokens=len(prompt) // 3 + int(spec.params.get("max_tokens") or 0))
     payload = dict(spec.params)
     payload["messages"] = dicts
-    item = Item(payload=payload, headers=spec.headers, deadline_s=spec.timeout, model=spec.model)
-    if spec.list_eligible and can_render(dicts):
-        prompt = render_chatml(dicts, enable_thinking=spec.enable_thinking)
-        item.prompt = prompt
-        item.key = spec.list_key
-        item.list_params = spec.list_params
-        item.est_tokens = len(prompt) // 3 + int(spec.params.get("max_tokens") or 0)
-    return item
+    return Item(payload=payload, headers=spec.headers, deadline_s=spec.timeout, model=spec.model)

@@ -16,9 +16,9 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional, TypeVar
 
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -38,6 +38,9 @@ from langchain_qwen_fast._errors import (
 from langchain_qwen_fast._stats import EndpointStats
 
 log = logging.getLogger("langchain_qwen_fast")
+T = TypeVar("T")
+#: One try: (replica to avoid, whether it is a retry) -> (the replica used, the result).
+_Attempt = Callable[[Optional["Endpoint"], bool], Awaitable[T]]
 
 
 @dataclass(frozen=True)
@@ -52,13 +55,16 @@ class RetryPolicy:
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after") or headers.get("Retry-After")
-    if value is None:
+    if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:  # an HTTP date; anything else is ignored and the usual backoff applies
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def _describe(exc: BaseException) -> str:
@@ -192,23 +198,28 @@ class Transport:
         timeout: float | None = None,
     ) -> Any:
         body = orjson.dumps(payload)
+
+        def attempt(avoid: Endpoint | None, retry: bool) -> Awaitable[tuple[Endpoint, Any]]:
+            return self._attempt(path, body, headers, deadline, timeout, avoid, retry)
+
+        return (await self._with_retries(attempt, deadline))[1]
+
+    async def _with_retries(self, attempt: _Attempt[T], deadline: float) -> T:
+        """Run ``attempt`` once directly; on a retryable failure hand it to :meth:`_retry`."""
         try:
-            return (await self._attempt(path, body, headers, deadline, timeout, None))[1]
+            return await attempt(None, False)
         except Exception as first:
             if not is_retryable(first) or self.retry.max_retries <= 0:
                 log.debug("qwen-fast: %s, not retried", _describe(first))
                 raise
             failed = first
         try:
-            return await self._retry(path, body, headers, deadline, timeout, failed)
+            return await self._retry(attempt, deadline, failed)
         except Exception as last:
             log.debug("qwen-fast: giving up after %s", _describe(last))
             raise
 
-    async def _retry(
-        self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
-        first: BaseException,
-    ) -> Any:
+    async def _retry(self, attempt: _Attempt[T], deadline: float, first: BaseException) -> T:
         avoid: list[Endpoint | None] = [getattr(first, "_endpoint", None)]
 
         def wait(state: RetryCallState) -> float:
@@ -224,10 +235,10 @@ class Transport:
             retry=retry_if_exception(is_retryable),
             reraise=True,
         )
-        async for attempt in retrying:
-            with attempt:
+        async for tried in retrying:
+            with tried:
                 try:
-                    return (await self._attempt(path, body, headers, deadline, timeout, avoid[0], True))[1]
+                    return await attempt(avoid[0], True)
                 except Exception as e:
                     avoid[0] = getattr(e, "_endpoint", None)
                     raise
@@ -236,9 +247,10 @@ class Transport:
     # -- streaming -----------------------------------------------------------------------
     async def _open(
         self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
-        avoid: Endpoint | None,
+        avoid: Endpoint | None, retry: bool = False,
     ) -> tuple[Endpoint, StreamHandle]:
         ep = self._pick(avoid)
+        ep.stats.retries += retry
         url = ep.base + path
         left = self._remaining(deadline, url, timeout)
         try:
@@ -249,8 +261,10 @@ class Transport:
             self._record_failure(ep, e)
             raise
         if handle.status >= 400:
-            raw = await handle.read()
-            await handle.close()
+            try:
+                raw = await handle.read()
+            finally:
+                await handle.close()
             exc = from_status(handle.status, raw, url, parse_retry_after(handle.headers))
             self._record_failure(ep, exc)
             raise exc
@@ -262,18 +276,11 @@ class Transport:
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield SSE data objects. Retries happen only before the first byte of the stream."""
         body = orjson.dumps(payload)
-        avoid: Endpoint | None = None
-        for attempt in range(1, self.retry.max_retries + 2):
-            try:
-                ep, handle = await self._open(path, body, headers, deadline, timeout, avoid)
-                break
-            except Exception as e:
-                if not is_retryable(e) or attempt > self.retry.max_retries:
-                    raise
-                await asyncio.sleep(self._delay(attempt, e, deadline))
-                avoid = getattr(e, "_endpoint", None)
-                if avoid is not None:
-                    avoid.stats.retries += 1
+
+        def attempt(avoid: Endpoint | None, retry: bool) -> Awaitable[tuple[Endpoint, StreamHandle]]:
+            return self._open(path, body, headers, deadline, timeout, avoid, retry)
+
+        ep, handle = await self._with_retries(attempt, deadline)
         url = ep.base + path
         ep.outstanding += 1
         t0, done = time.monotonic(), False
@@ -292,7 +299,9 @@ class Transport:
                     except orjson.JSONDecodeError:
                         raise invalid_body(200, data, url, "an SSE event that is not JSON") from None
                     if isinstance(obj, dict) and obj.get("error"):
-                        raise from_status(int(obj["error"].get("code") or 500), data, url)
+                        err = obj["error"]
+                        code = err.get("code") if isinstance(err, dict) else None
+                        raise from_status(code if isinstance(code, int) and code >= 400 else 500, data, url)
                     yield obj
             except asyncio.TimeoutError:
                 raise deadline_error(url, timeout) from None

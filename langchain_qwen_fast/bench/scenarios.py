@@ -267,7 +267,9 @@ def _chat_body(w: Workload, q: str) -> dict[str, Any]:
 
 
 def _chatml(q: str) -> str:
-    return f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    from langchain_qwen_fast._qwen import render_chatml
+
+    return render_chatml([{"role": "user", "content": q}], enable_thinking=False)
 
 
 async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[float], int, int]:
