@@ -99,6 +99,12 @@ class _Prepared:
         self.configs = [configs[i] for i in self.index]
         self.shared_config = len(configs) > 0 and all(c is configs[0] for c in configs)
 
+    def groups(self) -> list[tuple[Any, list[Any]]]:
+        """(config, message lists) per callback-manager start: one for a shared config, else one per input."""
+        if self.shared_config:
+            return [(self.configs[0], self.messages)]
+        return [(c, [m]) for c, m in zip(self.configs, self.messages, strict=True)]
+
     def manager_args(self, model: BatchedChatQwen, config: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         args = (
             config.get("callbacks"),
@@ -155,12 +161,7 @@ def batch_fast(
     prep = _Prepared(model, inputs, configs, kwargs, return_exceptions)
     if prep.items:
         managers = []
-        groups = (
-            [(prep.configs[0], prep.messages)]
-            if prep.shared_config
-            else [(c, [m]) for c, m in zip(prep.configs, prep.messages, strict=True)]
-        )
-        for cfg, msgs in groups:
+        for cfg, msgs in prep.groups():
             args, kw = prep.manager_args(model, cfg)
             cm = CallbackManager.configure(*args, **kw)
             managers += cm.on_chat_model_start(
@@ -194,12 +195,7 @@ async def abatch_fast(
     prep = _Prepared(model, inputs, configs, kwargs, return_exceptions)
     if prep.items:
         managers = []
-        groups = (
-            [(prep.configs[0], prep.messages)]
-            if prep.shared_config
-            else [(c, [m]) for c, m in zip(prep.configs, prep.messages, strict=True)]
-        )
-        for cfg, msgs in groups:
+        for cfg, msgs in prep.groups():
             args, kw = prep.manager_args(model, cfg)
             acm = AsyncCallbackManager.configure(*args, **kw)
             managers += await acm.on_chat_model_start(

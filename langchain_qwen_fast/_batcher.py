@@ -31,7 +31,7 @@ from typing import Any
 from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
 from langchain_qwen_fast._stats import DispatchStats
-from langchain_qwen_fast._transport import Transport
+from langchain_qwen_fast._transport import Transport, deadline_for
 
 log = logging.getLogger("langchain_qwen_fast")
 _SPLITTABLE = (BadRequestError, ContextLengthError)
@@ -236,7 +236,7 @@ class Dispatcher:
     @staticmethod
     def _deadline(items: list[Item]) -> tuple[float, float | None]:
         timeout = items[0].deadline_s
-        return time.monotonic() + (timeout if timeout is not None else 600.0), timeout
+        return deadline_for(timeout), timeout
 
     @staticmethod
     def _settle(item: Item, result: Any = None, exc: BaseException | None = None) -> None:

@@ -53,6 +53,15 @@ class RetryPolicy:
     eject_seconds: float = 5.0
 
 
+#: The deadline of a call whose ``timeout`` is None (the openai SDK's default, too).
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def deadline_for(timeout: float | None) -> float:
+    """The monotonic time by which a call dispatched now must be done."""
+    return time.monotonic() + (timeout if timeout is not None else DEFAULT_TIMEOUT_S)
+
+
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("retry-after") or headers.get("Retry-After")
     if not value:
@@ -162,13 +171,11 @@ class Transport:
     @staticmethod
     def _decode(raw: RawResponse, url: str) -> Any:
         if raw.status >= 400:
-            if raw.body.lstrip()[:1] == b"<":
-                why = "an HTML error page instead of JSON"
-                exc: Exception = invalid_body(raw.status, raw.body, url, why)
-                if raw.status >= 500:  # a proxy's 502/503 page: the server behind it may come back
-                    exc = from_status(raw.status, raw.body, url)
-                raise exc
-            raise from_status(raw.status, raw.body, url, parse_retry_after(raw.headers))
+            html = raw.body.lstrip()[:1] == b"<"
+            if html and raw.status < 500:
+                raise invalid_body(raw.status, raw.body, url, "an HTML error page instead of JSON")
+            # A proxy's 502/503 HTML page maps by its status: the server behind it may come back.
+            raise from_status(raw.status, raw.body, url, None if html else parse_retry_after(raw.headers))
         try:
             return orjson.loads(raw.body)
         except orjson.JSONDecodeError:

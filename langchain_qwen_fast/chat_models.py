@@ -28,7 +28,7 @@ from langchain_qwen_fast._engines import Limits, make_engine
 from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._request import CallSpec, build_spec, make_item
 from langchain_qwen_fast._runtime import Runtime, get_runtime
-from langchain_qwen_fast._transport import RetryPolicy, Transport
+from langchain_qwen_fast._transport import RetryPolicy, Transport, deadline_for
 
 #: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
 _UNSUPPORTED = {
@@ -370,7 +370,7 @@ class BatchedChatQwen(BaseChatModel):
         rt, disp = self._dispatcher()
 
         def open_events() -> AsyncIterator[Any]:
-            deadline = time.monotonic() + (spec.timeout if spec.timeout is not None else 600.0)
+            deadline = deadline_for(spec.timeout)
             return disp.transport.stream_events("/chat/completions", payload, spec.headers, deadline, spec.timeout)
 
         return rt, disp, open_events

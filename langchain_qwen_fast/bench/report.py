@@ -82,7 +82,6 @@ def closed_loop_md(rows: list[dict[str, Any]]) -> str:
     for mt, scen in sorted(closed_loop(rows).items()):
         oai = scen.get("openai_batch_default")
         raw = max((v["req_s"] for k, v in scen.items() if k.startswith("raw_")), default=None)
-        oai_cpu = {k.replace("openai_", ""): v["cpu_ms"] for k, v in scen.items() if k.startswith("openai_")}
         lines += [
             f"#### max_tokens = {mt} (N = {next(iter(scen.values()))['n']})",
             "",
@@ -99,7 +98,6 @@ def closed_loop_md(rows: list[dict[str, Any]]) -> str:
                 f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {v['cpu_ms']:.3f} | "
                 f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {v['errors']} | {'yes' if v['tokens_ok'] else 'no'} |"
             )
-        del oai_cpu
         lines.append("")
     return "\n".join(lines)
 
