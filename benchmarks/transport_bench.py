@@ -176,13 +176,19 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def table(summary: list[dict[str, Any]]) -> str:
-    lines = ["| in flight | scenario | client CPU µs/req (median, min-max) | req/s (median) | x raw aiohttp CPU | x ChatOpenAI CPU | errors |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| in flight | scenario | client CPU µs/req (median, min-max) | req/s (median) | x raw aiohttp CPU"
+        " | x ChatOpenAI CPU | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in summary:
         f = lambda v: f"{v:.2f}" if v is not None else ""  # noqa: E731
         err = str(r["errors"]) + (f" ({r['failures'][0]})" if r["failures"] else "")
-        lines.append(f"| {r['inflight']} | {r['scenario']} | {r['cpu_us_median']:.0f} ({r['cpu_us_min']:.0f}-{r['cpu_us_max']:.0f}) "
-                     f"| {r['rps_median']:.0f} | {f(r['cpu_vs_raw_aiohttp'])} | {f(r['cpu_vs_chatopenai'])} | {err} |")
+        cpu = f"{r['cpu_us_median']:.0f} ({r['cpu_us_min']:.0f}-{r['cpu_us_max']:.0f})"
+        lines.append(
+            f"| {r['inflight']} | {r['scenario']} | {cpu} | {r['rps_median']:.0f} | {f(r['cpu_vs_raw_aiohttp'])}"
+            f" | {f(r['cpu_vs_chatopenai'])} | {err} |"
+        )
     return "\n".join(lines)
 
 

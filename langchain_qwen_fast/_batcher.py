@@ -338,31 +338,39 @@ class Dispatcher:
 
 
 class Submission:
-    """A batch fed to the dispatcher at most ``limit`` items at a time (per-call max_concurrency).
+    """One caller's batch, fed to the dispatcher as it arrives and at most ``limit`` items at a time.
 
-    ``on_result(index, result, exception)`` fires once per item, in completion order.
+    ``add`` may be called several times: a large batch is prepared in chunks, and the first
+    requests go out while later inputs are still being prepared. ``on_result(index, result,
+    exception)`` fires once per item, in completion order; ``index`` counts across all ``add`` calls.
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, items: list[Item], limit: int | None,
-        on_result: Callable[[int, Any, BaseException | None], None],
+        self, dispatcher: Dispatcher, limit: int | None, on_result: Callable[[int, Any, BaseException | None], None]
     ) -> None:
-        self.dispatcher, self.items, self.on_result = dispatcher, items, on_result
-        self.limit = len(items) if not limit or limit <= 0 else limit
-        self._next = 0
+        self.dispatcher, self.on_result = dispatcher, on_result
+        self.limit = limit if limit and limit > 0 else None
+        self.items: list[Item] = []
+        self._next = 0  # items[:_next] have been handed to the dispatcher
+        self._active = 0  # ... and of those, this many have no outcome yet
         self.cancelled = False
 
-    def start(self) -> None:
-        for _ in range(min(self.limit, len(self.items))):
-            self._feed()
+    def add(self, items: list[Item]) -> None:
+        if self.cancelled:  # the caller has gone; nobody would read these results
+            return
+        self.items.extend(items)
+        self._fill()
 
-    def _feed(self) -> None:
-        i = self._next
-        self._next += 1
-        fut = self.dispatcher.submit(self.items[i])
-        fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
+    def _fill(self) -> None:
+        while self._next < len(self.items) and (self.limit is None or self._active < self.limit):
+            i = self._next
+            self._next += 1
+            self._active += 1
+            fut = self.dispatcher.submit(self.items[i])
+            fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
 
     def _done(self, index: int, fut: asyncio.Future[Any]) -> None:
+        self._active -= 1
         if fut.cancelled():
             exc: BaseException | None = asyncio.CancelledError()
             result = None
@@ -373,8 +381,8 @@ class Submission:
             self.on_result(index, result, exc)
         except Exception:  # a broken sink must not stop the feed
             log.exception("qwen-fast result sink failed")
-        if not self.cancelled and self._next < len(self.items):
-            self._feed()
+        if not self.cancelled:
+            self._fill()
 
     def cancel(self) -> None:
         self.cancelled = True

@@ -1,9 +1,9 @@
 """Carrying work from a caller (any thread, any event loop) to the runtime loop and results back.
 
-A batch of N inputs is ONE submission: the caller's thread (or loop) receives ``(index, result,
-exception)`` triples as items finish, so callbacks such as progress bars fire as work completes,
-not at the end. Abandoning the iteration (an exception, KeyboardInterrupt, a cancelled task)
-cancels what has not finished.
+A batch of N inputs is ONE submission, fed in chunks as the caller prepares them: the caller's
+thread (or loop) receives ``(index, result, exception)`` triples as items finish, so callbacks
+such as progress bars fire as work completes, not at the end. Abandoning the iteration (an
+exception, KeyboardInterrupt, a cancelled task) cancels what has not finished.
 """
 
 from __future__ import annotations
@@ -22,60 +22,106 @@ Triple = tuple[int, Any, BaseException | None]
 _END = object()
 
 
-def run_items(rt: Runtime, disp: Dispatcher, items: list[Item], limit: int | None) -> Iterator[Triple]:
-    """Blocking: yields one triple per item in completion order."""
-    if rt.in_loop_thread():
-        raise RuntimeError("sync BatchedChatQwen calls cannot run on the qwen-fast loop thread; use the async API")
-    q: queue.SimpleQueue[Triple] = queue.SimpleQueue()
-    sub = Submission(disp, items, limit, lambda i, r, e: q.put((i, r, e)))
-    rt.call_soon(sub.start)
-    received = 0
-    try:
-        while received < len(items):
-            triple = q.get()
-            received += 1
-            yield triple
-    finally:
-        if received < len(items):
-            rt.call_soon(sub.cancel)
+class _Coalesce:
+    """A result sink on the runtime loop that hands results over once per loop iteration.
+
+    The 32 answers of one ``/v1/completions`` list settle in the same iteration; handing them
+    to the caller's thread (or loop) as one list costs one wake-up instead of 32.
+    """
+
+    def __init__(self, deliver: Callable[[list[Triple]], None]) -> None:
+        self.deliver = deliver
+        self.pending: list[Triple] = []
+
+    def __call__(self, i: int, r: Any, e: BaseException | None) -> None:
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self.flush)
+        self.pending.append((i, r, e))
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.deliver(batch)
 
 
-async def arun_items(rt: Runtime, disp: Dispatcher, items: list[Item], limit: int | None) -> AsyncIterator[Triple]:
-    """Awaitable from any loop: yields one triple per item in completion order."""
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue[Triple] = asyncio.Queue()
+class _Run:
+    """One batch on its way: ``add`` hands a chunk of items over (they start at once); leaving
+    before every result was read (an exception, KeyboardInterrupt, a cancelled task) cancels what
+    has not finished."""
 
-    def sink(i: int, r: Any, e: BaseException | None) -> None:
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the caller's loop closed under us: nobody is listening
-                loop.call_soon_threadsafe(q.put_nowait, (i, r, e))
+    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None, deliver: Callable[[list[Triple]], None]):
+        self.rt = rt
+        self.sub = Submission(disp, limit, _Coalesce(deliver))
+        self.total = self.received = 0
 
-    sub = Submission(disp, items, limit, sink)
-    rt.call_soon(sub.start)
-    received = 0
-    try:
-        while received < len(items):
-            triple = await q.get()
-            received += 1
-            yield triple
-    finally:
-        if received < len(items):
-            rt.call_soon(sub.cancel)
+    def add(self, items: list[Item]) -> None:
+        self.total += len(items)
+        self.rt.call_soon(self.sub.add, items)
+
+    def close(self) -> None:
+        if self.received < self.total:
+            self.rt.call_soon(self.sub.cancel)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class BatchRun(_Run):
+    """For a blocking caller: ``results`` yields one triple per item in completion order."""
+
+    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None) -> None:
+        if rt.in_loop_thread():
+            raise RuntimeError("sync BatchedChatQwen calls cannot run on the qwen-fast loop thread; use the async API")
+        self.q: queue.SimpleQueue[list[Triple]] = queue.SimpleQueue()
+        super().__init__(rt, disp, limit, self.q.put)
+
+    def results(self) -> Iterator[Triple]:
+        while self.received < self.total:
+            for triple in self.q.get():
+                self.received += 1
+                yield triple
+
+
+class ABatchRun(_Run):
+    """For a caller on any event loop: ``results`` is the async twin of :meth:`BatchRun.results`."""
+
+    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None) -> None:
+        loop = asyncio.get_running_loop()
+        self.q: asyncio.Queue[list[Triple]] = asyncio.Queue()
+
+        def deliver(batch: list[Triple]) -> None:
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the caller's loop closed under us: nobody is listening
+                    loop.call_soon_threadsafe(self.q.put_nowait, batch)
+
+        super().__init__(rt, disp, limit, deliver)
+
+    async def results(self) -> AsyncIterator[Triple]:
+        while self.received < self.total:
+            for triple in await self.q.get():
+                self.received += 1
+                yield triple
 
 
 def call_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
-    for _, result, exc in run_items(rt, disp, [item], None):
-        if exc is not None:
-            raise exc
-        return result
+    with BatchRun(rt, disp, None) as run:
+        run.add([item])
+        for _, result, exc in run.results():
+            if exc is not None:
+                raise exc
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def acall_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
-    async for _, result, exc in arun_items(rt, disp, [item], None):
-        if exc is not None:
-            raise exc
-        return result
+    with ABatchRun(rt, disp, None) as run:
+        run.add([item])
+        async for _, result, exc in run.results():
+            if exc is not None:
+                raise exc
+            return result
     raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -1,11 +1,14 @@
 #!/bin/bash
 # Runs ON the GPU machine, from the repo root. One vLLM server session serves every phase while the
 # machine stays warm: the server is started with setsid and outlives the call that started it.
-#   bash benchmarks/gpu/device.sh bench128   # unpack if cold, start the server if down, 128-token plan
-#   bash benchmarks/gpu/device.sh bench32    # same server: 32-token plan, open loop, sweeps
+#   bash benchmarks/gpu/device.sh serve      # unpack the server site, start the server
+#   bash benchmarks/gpu/device.sh bench128   # unpack the client site, versions, 128-token plan + open loop
+#   bash benchmarks/gpu/device.sh bench32    # same server: 32-token plan + open loop
+#   bash benchmarks/gpu/device.sh profile    # same server: py-spy of client and server, .batch/.abatch vs raw lists
 #   bash benchmarks/gpu/device.sh offline    # stop the server, then the offline engine limit
-# Carried folders (see benchmarks/gpu/README.md): .gpu1 (server + client site tarballs from
-# ../shared/gpu-blobs), .gpu-kit (the kit: model/ and offline_bench.py), .gpu3 (this project's wheel).
+# Carried folders (see benchmarks/gpu/README.md): .gpu1 (server site tarballs from ../shared/gpu-blobs),
+# .gpu1b (the client site tarball), .gpu-kit (the kit: model/ and offline_bench.py), .gpu3 (this
+# project's wheel and py-spy's). The two site folders together are over one call's carry limit.
 set -u
 PHASE=${1:?phase}
 T0=$(date +%s)
@@ -30,8 +33,10 @@ for d in .gpu1 .gpu1b; do
   unpack $d/extra.tar.xz /tmp/site /tmp/site/xgrammar/__init__.py
   unpack $d/csite.tar.xz /tmp/csite /tmp/csite/langchain_openai/__init__.py
 done
-for m in /tmp/site/vllm/__init__.py /tmp/site/xgrammar/__init__.py /tmp/csite/langchain_openai/__init__.py; do
-  [ -f $m ] || { echo "COLD: $m missing; carry .gpu1 again"; exit 3; }
+NEED="/tmp/site/vllm/__init__.py /tmp/site/xgrammar/__init__.py"
+[ "$PHASE" = serve ] || NEED="$NEED /tmp/csite/langchain_openai/__init__.py"
+for m in $NEED; do
+  [ -f $m ] || { echo "COLD: $m missing; carry .gpu1 (server) or .gpu1b (client) again"; exit 3; }
 done
 if [ ! -f /tmp/model/tokenizer.json ]; then
   rm -rf /tmp/model; cp -r .gpu-kit/model /tmp/model
@@ -40,6 +45,10 @@ if [ ! -f /tmp/model/tokenizer.json ]; then
 fi
 [ -d .gpu3 ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/csite .gpu3/*.whl
 CPY="env PYTHONPATH=/tmp/csite python3"
+PYSPY=/tmp/csite/bin/py-spy
+# GPU utilisation, sampled twice a second while this phase runs (the engine, not the GPU, is the limit)
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$OUTD/gpu_util_$PHASE.csv" 2>/dev/null &
+SMI=$!
 health() { python3 -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/health', timeout=2)" 2>/dev/null; }
 
 start_server() {
@@ -76,15 +85,34 @@ run_plan() {  # max_tokens n rounds extra-args...
   cp "/tmp/gpu_m$MT.jsonl" "$OUTD/" 2>/dev/null
 }
 
+profile_one() {  # scenario: py-spy on this client (all threads) and on the server (front-end + engine core)
+  SC=$1
+  $PYSPY record --pid "$(cat /tmp/vllm.pid)" --subprocesses --rate 100 --duration 7 --format raw --nonblocking \
+     -o "/tmp/prof/server_$SC.txt" > "/tmp/prof/server_$SC.log" 2>&1 &
+  SPID=$!
+  PYTHONPATH=/tmp/csite $PYSPY record --threads --rate 250 --format raw -o "/tmp/prof/client_$SC.txt" -- \
+     python3 -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --only "$SC" --max-tokens 32 \
+     --n 3000 --rounds 1 --no-warmup --out /tmp/prof/runs.jsonl --tag profile 2>&1 | tail -2 | cut -c1-260
+  wait $SPID; tail -2 "/tmp/prof/server_$SC.log"
+}
+
 case "$PHASE" in
+  serve)
+    start_server || exit 5 ;;
   bench128)
     versions | tee /tmp/versions.txt; start_server || exit 5
-    run_plan 128 1500 2 ;;
+    run_plan 128 1500 2 --poisson 0.5,0.9 --poisson-seconds 15
+    cp /tmp/versions.txt "$OUTD/" 2>/dev/null ;;
   bench32)
     start_server || exit 5
-    run_plan 128 1500 0 --poisson 0.5,0.9 --poisson-seconds 15
-    run_plan 32 3000 2 --poisson 0.5,0.9 --poisson-seconds 10
-    cp /tmp/versions.txt "$OUTD/" 2>/dev/null ;;
+    run_plan 32 3000 2 --poisson 0.5,0.9 --poisson-seconds 10 ;;
+  profile)
+    start_server || exit 5
+    mkdir -p /tmp/prof
+    $CPY -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --only none --max-tokens 32 --n 64 \
+       --rounds 0 --out /tmp/prof/warm.jsonl > /dev/null 2>&1
+    for sc in qwen_batch_completions raw_aiohttp_list32_x16 qwen_abatch_completions; do profile_one $sc; done
+    tar -C /tmp/prof -czf "$OUTD/profiles.tgz" . ;;
   offline)
     stop_server
     timeout $(( DEADLINE - $(date +%s) )) env PYTHONPATH=/tmp/site python3 .gpu-kit/offline_bench.py /tmp/model \
@@ -94,4 +122,5 @@ case "$PHASE" in
 esac
 grep -E "Maximum concurrency|KV cache|max_num_seqs|Default sampling" /tmp/vllm.log 2>/dev/null | cut -c1-200 | tail -5
 cp /tmp/vllm.log "$OUTD/vllm_$PHASE.log" 2>/dev/null
+kill $SMI 2>/dev/null
 echo "== $PHASE done in $(( $(date +%s) - T0 )) s"

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--poisson", default="", help="fractions of the best raw req/s in --out, e.g. 0.5,0.9")
     ap.add_argument("--poisson-seconds", type=float, default=20.0)
     ap.add_argument("--sweep", action="store_true", help="BatchedChatQwen batch over N and admission limits")
+    ap.add_argument("--no-warmup", action="store_true", help="no warm-up: a profiler sees one scenario")
     a = ap.parse_args(argv)
     w = S.Workload(base_url=a.base_url, max_tokens=a.max_tokens, n=a.n)
     steps = plan(a.plan)
@@ -71,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         steps = [s for s in steps if s[0] in keep]
     # warm-up: first-call costs (imports, connection pools, the server's prefix cache) paid outside the timings
     warm = S.Workload(a.base_url, max_tokens=a.max_tokens, n=256 if a.rounds else 64)
-    S.raw_scenario(warm, "chat", 64)
-    if a.plan != "serial":
+    if not a.no_warmup:
+        S.raw_scenario(warm, "chat", 64)
+    if a.plan != "serial" and not a.no_warmup:
         S.qwen_scenario(warm, "batch", "completions")
         S.qwen_scenario(warm, "batch", "chat")
         S.openai_scenario(warm, "batch", 256)

@@ -244,10 +244,7 @@ def test_completions_list_matches_chat_answers_in_index_order(
             "messages": messages, "max_tokens": 200,
             "chat_template_kwargs": {"enable_thinking": thinking}}).json()
         msg = chat["choices"][0]["message"]
-        if thinking:
-            expected = f"<think>\n{msg['reasoning']}\n</think>\n\n{msg['content']}"
-        else:
-            expected = msg["content"]
+        expected = f"<think>\n{msg['reasoning']}\n</think>\n\n{msg['content']}" if thinking else msg["content"]
         assert choice["text"] == expected
         assert choice["finish_reason"] == chat["choices"][0]["finish_reason"]
         assert chat["usage"]["prompt_tokens"] == count_tokens(prompt)

@@ -1,0 +1,158 @@
+"""How a batch is fed: callback runs started chunk by chunk, requests out before the last input is
+started, one callback manager for a shared config, results handed over per loop iteration."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import httpx
+import pytest
+from _qwen_fakes import chat_body, last_user_text
+from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
+
+from langchain_qwen_fast import _bridge
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class _Starts(BaseCallbackHandler):
+    """Counts started runs; each start takes ``pause`` seconds (a slow tracer, say)."""
+
+    def __init__(self, pause: float = 0.0, fail_at: int | None = None) -> None:
+        self.pause, self.fail_at = pause, fail_at
+        self.raise_error = fail_at is not None
+        self.started = 0
+        self.batch_sizes: list[int] = []
+        self.ended = 0
+        self.lock = threading.Lock()
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
+        with self.lock:
+            self.started += 1
+            self.batch_sizes.append(kw.get("batch_size"))
+            n = self.started
+        if self.fail_at is not None and n == self.fail_at:
+            raise RuntimeError(f"tracer broke at input {n}")
+        if self.pause:
+            time.sleep(self.pause)
+
+    def on_llm_end(self, response: Any, **kw: Any) -> None:
+        with self.lock:
+            self.ended += 1
+
+
+def _first_request_sees(starts: _Starts) -> tuple[list[int], Any]:
+    """A responder that notes how many runs had been started when the first request arrived."""
+    seen: list[int] = []
+
+    def respond(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        if not seen:
+            seen.append(starts.started)
+        return httpx.Response(200, json=chat_body(f"echo:{last_user_text(payload)}"))
+
+    return seen, respond
+
+
+def test_first_requests_leave_before_the_last_input_is_started(mock_model: Any) -> None:
+    n = 400
+    starts = _Starts(pause=0.001)  # 400 inputs take >= 0.4 s to start
+    seen, respond = _first_request_sees(starts)
+    model, rec = mock_model(respond)
+    results = model.batch([f"q-{i}" for i in range(n)], config={"callbacks": [starts]})
+    assert [r.content for r in results] == [f"echo:q-{i}" for i in range(n)]
+    assert rec.count == n and starts.ended == n
+    # The first chunk is 32 inputs; the thread that sends may need a few more to get the GIL.
+    assert seen[0] < n // 2, f"first request only after {seen[0]} of {n} runs were started"
+
+
+async def test_abatch_first_requests_leave_before_the_last_input_is_started(mock_model: Any) -> None:
+    n = 300
+    started: list[int] = []
+
+    class SlowAsync(AsyncCallbackHandler):
+        async def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
+            started.append(1)
+            await asyncio.sleep(0.001)
+
+    first: list[int] = []
+
+    def respond(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        if not first:
+            first.append(len(started))
+        return httpx.Response(200, json=chat_body(f"echo:{last_user_text(payload)}"))
+
+    model, _ = mock_model(respond)
+    results = await model.abatch([f"q-{i}" for i in range(n)], config={"callbacks": [SlowAsync()]})
+    assert [r.content for r in results] == [f"echo:q-{i}" for i in range(n)]
+    assert len(started) == n
+    assert first[0] < n // 2, f"first request only after {first[0]} of {n} runs were started"
+
+
+def test_one_config_for_the_batch_starts_runs_as_one_batch(mock_model: Any) -> None:
+    starts = _Starts()
+    model, _ = mock_model()
+    model.batch([f"q-{i}" for i in range(70)], config={"callbacks": [starts]})
+    assert starts.batch_sizes == [70] * 70  # as BaseChatModel.generate reports a batch
+
+
+def test_a_config_per_input_starts_one_run_each(mock_model: Any) -> None:
+    starts = _Starts()
+    model, _ = mock_model()
+    out = model.batch([f"q-{i}" for i in range(70)], config=[{"callbacks": [starts]} for _ in range(70)])
+    assert [r.content for r in out] == [f"echo:q-{i}" for i in range(70)]
+    assert starts.batch_sizes == [1] * 70
+
+
+def test_a_run_id_in_a_shared_config_belongs_to_the_first_input_only(mock_model: Any) -> None:
+    import uuid
+
+    class Runs(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.ids: list[uuid.UUID] = []
+
+        def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: uuid.UUID, **kw: Any) -> None:
+            self.ids.append(run_id)
+
+    rid, tracer = uuid.uuid4(), Runs()
+    model, _ = mock_model()
+    with pytest.warns(RuntimeWarning, match="run_id"):
+        model.batch(["a", "b", "c"], config={"callbacks": [tracer], "run_id": rid})
+    assert tracer.ids[0] == rid
+    assert len(set(tracer.ids)) == 3
+
+
+def test_a_callback_failing_mid_batch_raises_and_cancels_what_was_sent(mock_model: Any) -> None:
+    gate = threading.Event()
+
+    async def held(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        while not gate.is_set():  # keep the first chunk in flight until the batch has given up
+            await asyncio.sleep(0.005)
+        return httpx.Response(200, json=chat_body("late"))
+
+    starts = _Starts(fail_at=100)
+    model, rec = mock_model(held)
+    with pytest.raises(RuntimeError, match="tracer broke at input 100"):
+        model.batch([f"q-{i}" for i in range(200)], config={"callbacks": [starts]})
+    gate.set()
+    assert rec.count < 100  # only chunks started before the failure were ever sent
+    deadline = time.monotonic() + 5
+    while model.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.stats()["in_flight"] == 0  # the sent chunks were cancelled, not left holding slots
+    assert model.batch(["after"])[0].content == "late"  # the pool still works
+
+
+async def test_results_of_one_loop_iteration_are_handed_over_together() -> None:
+    got: list[list[Any]] = []
+    sink = _bridge._Coalesce(got.append)
+    for i in range(32):  # one list answer settles all its items in one iteration
+        sink(i, f"r{i}", None)
+    await asyncio.sleep(0)
+    sink(32, None, ValueError("x"))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [len(b) for b in got] == [32, 1]
+    assert [t[0] for b in got for t in b] == list(range(33))
