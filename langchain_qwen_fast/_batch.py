@@ -1,11 +1,12 @@
 """``batch``/``abatch`` without a thread pool: one submission, callbacks as items finish.
 
 LangChain's default ``batch`` runs ``invoke`` in min(32, cpu+4) threads, which caps what is in
-flight far below what a vLLM server takes (49 req/s where the engine does 152). Here every input
-is converted and checked first (a bad one raises before anything is sent, unless
-``return_exceptions``), then callback runs are started chunk by chunk (one callback manager for a
-shared config, as ``BaseChatModel.generate`` does) and each chunk goes to the dispatcher as soon
-as its runs exist, so the first requests are on the wire while the rest are being prepared.
+flight far below what a vLLM server takes (49 req/s where the engine does 152). Here the inputs
+are converted and their callback runs started chunk by chunk (32 inputs, then 64, ... up to 512;
+one callback manager for a shared config, as ``BaseChatModel.generate`` does), and each chunk
+goes to the dispatcher as soon as it is ready: the first requests are on the wire while the rest
+are still being prepared. An input that cannot be converted is a per-item ``ValueError`` with
+``return_exceptions``; without it, it raises, and the chunks already sent are cancelled.
 
 The few configurations whose semantics live inside LangChain's per-call path (an LLM cache, a
 rate limiter, ``output_version="v1"``, streaming requested, or a core without the helpers used
@@ -15,7 +16,7 @@ admission limit rather than the thread-pool size.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ def _with_default_concurrency(model: BatchedChatQwen, config: Any) -> Any:
 
 
 class _Prepared:
-    """Converted inputs, their items and callback run managers; errors found before sending."""
+    """A batch's inputs, converted chunk by chunk, with the callback runs and items of each chunk."""
 
     def __init__(
         self,
@@ -82,49 +83,59 @@ class _Prepared:
         # BaseChatModel.generate. A list of configs (what an LCEL chain passes, each with its own
         # child callbacks), or a run_id, which belongs to the first input only, needs one each.
         self.shared_config = not isinstance(config, Sequence) and not (config or {}).get("run_id")
-        configs = [ensure_config(config)] * len(inputs) if self.shared_config else get_config_list(config, len(inputs))
+        self.input_configs = (
+            [ensure_config(config)] * len(inputs) if self.shared_config else get_config_list(config, len(inputs))
+        )
         kwargs = dict(kwargs)
-        self.limit = configs[0].get("max_concurrency") if configs else None
+        self.model, self.inputs, self.return_exceptions = model, inputs, return_exceptions
+        self.limit = self.input_configs[0].get("max_concurrency") if inputs else None
         self.stop = kwargs.pop("stop", None)
         ls_format = kwargs.pop("ls_structured_output_format", None) or kwargs.pop("structured_output_format", None)
         self.params = model._get_invocation_params(stop=self.stop, **kwargs)
         self.options = {"stop": self.stop, **_format_ls_structured_output(ls_format)}
         self.ls_params = model._get_ls_params_with_defaults(stop=self.stop, **kwargs)
-        spec = model._spec(self.stop, kwargs)
+        self.spec = model._spec(self.stop, kwargs)
         self.outputs: list[Any] = [None] * len(inputs)
-        self.messages: list[Any] = []
-        self.index: list[int] = []  # position in inputs of each valid item
-        self.items = []
-        for i, inp in enumerate(inputs):
+        self.index: list[int] = []  # position in inputs of each item sent
+        self.items: list[Any] = []
+        self._manager: Any = None
+
+    def _convert(self, start: int, end: int) -> tuple[list[Any], list[Any], list[int]]:
+        msgs_out, items, idx = [], [], []
+        for i in range(start, end):
             try:
-                msgs = _normalize_messages(model._convert_input(inp).to_messages())
-                item = make_item(spec, msgs)
+                msgs = _normalize_messages(self.model._convert_input(self.inputs[i]).to_messages())
+                item = make_item(self.spec, msgs)
             except Exception as e:
-                if not return_exceptions:
+                if not self.return_exceptions:
                     raise
                 self.outputs[i] = e
                 continue
-            self.messages.append(msgs)
-            self.index.append(i)
-            self.items.append(item)
-        self.configs = [configs[i] for i in self.index]
-        self._manager: Any = None
+            msgs_out.append(msgs)
+            items.append(item)
+            idx.append(i)
+        return msgs_out, items, idx
 
-    def chunks(self) -> Iterator[tuple[Any, list[Any], int, int]]:
-        """(config, message lists, first index, group size) per callback start, in small chunks first.
+    def chunks(self) -> Iterator[tuple[Any, list[Any], list[Any]]]:
+        """(config, message lists, items) per callback start, converted chunk by chunk, small chunks first.
 
-        The caller starts the callback runs of one chunk and hands its items to the dispatcher
-        before it prepares the next, so the first requests are on the wire after ~32 inputs, not
-        after all of them (starting a callback run costs tens of microseconds per input).
+        The caller starts the callback runs of a chunk and hands its items to the dispatcher before
+        it converts the next, so the first requests are on the wire after ~32 inputs rather than
+        after all of them (converting an input and starting its run cost tens of microseconds).
+        An input that cannot be converted raises here (without ``return_exceptions``), when the
+        chunks before it may already be on their way: the caller cancels them.
         """
-        n, start, size = len(self.items), 0, _FIRST_CHUNK
+        n, start, size = len(self.inputs), 0, _FIRST_CHUNK
         while start < n:
             end = min(n, start + size)
-            if self.shared_config:
-                yield self.configs[0], self.messages[start:end], start, n
-            else:
-                for j in range(start, end):
-                    yield self.configs[j], [self.messages[j]], j, 1
+            msgs, items, idx = self._convert(start, end)
+            self.items += items
+            self.index += idx
+            if self.shared_config and items:
+                yield self.input_configs[0], msgs, items
+            elif items:
+                for m, it, i in zip(msgs, items, idx, strict=True):
+                    yield self.input_configs[i], [m], [it]
             start, size = end, min(2 * size, _MAX_CHUNK)
 
     def manager(self, model: BatchedChatQwen, config: dict[str, Any], cls: Any) -> Any:
@@ -149,7 +160,8 @@ class _Prepared:
         )
         return args, {"langsmith_inheritable_metadata": _filter_invocation_params_for_tracing(self.params)}
 
-    def start_kwargs(self, config: dict[str, Any], n: int) -> dict[str, Any]:
+    def start_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
+        n = len(self.inputs) if self.shared_config else 1  # the batch a run belongs to, as LangChain reports it
         return {
             "invocation_params": self.params,
             "options": self.options,
@@ -180,6 +192,10 @@ def _raise_first(outputs: list[Any]) -> None:
             raise out
 
 
+def _error_response(exc: BaseException) -> LLMResult:
+    return LLMResult(generations=[_generate_response_from_error(exc)])
+
+
 def batch_fast(
     model: BatchedChatQwen, inputs: list[Any], config: Any, return_exceptions: bool, kwargs: dict[str, Any]
 ) -> list[Any]:
@@ -189,25 +205,34 @@ def batch_fast(
         return BaseChatModel.batch(
             model, inputs, _with_default_concurrency(model, config), return_exceptions=return_exceptions, **kwargs
         )
-    prep = _Prepared(model, inputs, config, kwargs, return_exceptions)  # every input is checked before any is sent
-    if prep.items:
-        rt, disp = model._dispatcher()
-        managers: list[Any] = []
-        with _bridge.BatchRun(rt, disp, prep.limit) as run:
-            for cfg, msgs, first, group in prep.chunks():
+    prep = _Prepared(model, inputs, config, kwargs, return_exceptions)
+    rt, disp = model._dispatcher()
+    managers: list[Any] = []  # one run per item, in item order
+    done: list[bool] = []
+    with _bridge.BatchRun(rt, disp, prep.limit) as run:
+        try:
+            for cfg, msgs, items in prep.chunks():
                 cm = prep.manager(model, cfg, CallbackManager)
                 managers += cm.on_chat_model_start(
-                    model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg, group)
+                    model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg)
                 )
-                run.add(prep.items[first : first + len(msgs)])
+                done += [False] * len(items)
+                run.add(items)
             for j, result, exc in run.results():
                 rm, i = managers[j], prep.index[j]
+                done[j] = True
                 if exc is not None:
-                    rm.on_llm_error(exc, response=LLMResult(generations=[_generate_response_from_error(exc)]))
+                    rm.on_llm_error(exc, response=_error_response(exc))
                     prep.outputs[i] = exc
                 else:
                     rm.on_llm_end(_as_llm_result(result))
                     prep.outputs[i] = prep.finish(result, rm.run_id)
+        except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt: end every run started
+            for rm, finished in zip(managers, done, strict=False):
+                if not finished:
+                    with contextlib.suppress(Exception):
+                        rm.on_llm_error(e)
+            raise
     if not return_exceptions:
         _raise_first(prep.outputs)
     return prep.outputs
@@ -223,32 +248,33 @@ async def abatch_fast(
             model, inputs, _with_default_concurrency(model, config), return_exceptions=return_exceptions, **kwargs
         )
     prep = _Prepared(model, inputs, config, kwargs, return_exceptions)
-    if prep.items:
-        rt, disp = model._dispatcher()
-        managers: list[Any] = []
-        done = [False] * len(prep.items)
-        with _bridge.ABatchRun(rt, disp, prep.limit) as run:
-            try:
-                for cfg, msgs, first, group in prep.chunks():
-                    acm = prep.manager(model, cfg, AsyncCallbackManager)
-                    managers += await acm.on_chat_model_start(
-                        model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg, group)
-                    )
-                    run.add(prep.items[first : first + len(msgs)])
-                async for j, result, exc in run.results():
-                    rm, i = managers[j], prep.index[j]
-                    done[j] = True
-                    if exc is not None:
-                        await rm.on_llm_error(exc, response=LLMResult(generations=[_generate_response_from_error(exc)]))
-                        prep.outputs[i] = exc
-                    else:
-                        await rm.on_llm_end(_as_llm_result(result))
-                        prep.outputs[i] = prep.finish(result, rm.run_id)
-            except asyncio.CancelledError as e:
-                for j in range(len(managers)):
-                    if not done[j]:
-                        await managers[j].on_llm_error(e)
-                raise
+    rt, disp = model._dispatcher()
+    managers: list[Any] = []
+    done: list[bool] = []
+    with _bridge.ABatchRun(rt, disp, prep.limit) as run:
+        try:
+            for cfg, msgs, items in prep.chunks():
+                acm = prep.manager(model, cfg, AsyncCallbackManager)
+                managers += await acm.on_chat_model_start(
+                    model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg)
+                )
+                done += [False] * len(items)
+                run.add(items)
+            async for j, result, exc in run.results():
+                rm, i = managers[j], prep.index[j]
+                done[j] = True
+                if exc is not None:
+                    await rm.on_llm_error(exc, response=_error_response(exc))
+                    prep.outputs[i] = exc
+                else:
+                    await rm.on_llm_end(_as_llm_result(result))
+                    prep.outputs[i] = prep.finish(result, rm.run_id)
+        except BaseException as e:  # incl. a cancelled task: end every run started
+            for rm, finished in zip(managers, done, strict=False):
+                if not finished:
+                    with contextlib.suppress(Exception):
+                        await rm.on_llm_error(e)
+            raise
     if not return_exceptions:
         _raise_first(prep.outputs)
     return prep.outputs

@@ -4,6 +4,7 @@
 #   bash benchmarks/gpu/device.sh serve      # unpack the server site, start the server
 #   bash benchmarks/gpu/device.sh bench128   # unpack the client site, versions, 128-token plan + open loop
 #   bash benchmarks/gpu/device.sh bench32    # same server: 32-token plan + open loop
+#   bash benchmarks/gpu/device.sh focus      # same server: the target rows only, 4 rounds at 32, 3 at 128
 #   bash benchmarks/gpu/device.sh profile    # same server: py-spy of client and server, .batch/.abatch vs raw lists
 #   bash benchmarks/gpu/device.sh offline    # stop the server, then the offline engine limit
 # Carried folders (see benchmarks/gpu/README.md): .gpu1 (server site tarballs from ../shared/gpu-blobs),
@@ -80,9 +81,10 @@ versions() {
 # so the open-loop phase can read the best raw rate that the closed-loop phase measured.
 run_plan() {  # max_tokens n rounds extra-args...
   MT=$1; N=$2; R=$3; shift 3
-  $CPY -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --plan gpu --max-tokens "$MT" --n "$N" \
-     --rounds "$R" --deadline "$DEADLINE" --out "/tmp/gpu_m$MT.jsonl" --tag "$PHASE" "$@" | cut -c1-260
-  cp "/tmp/gpu_m$MT.jsonl" "$OUTD/" 2>/dev/null
+  F="/tmp/${PLAN:-gpu}_m$MT.jsonl"
+  $CPY -m langchain_qwen_fast.bench.run --base-url http://127.0.0.1:8000/v1 --plan "${PLAN:-gpu}" --max-tokens "$MT" \
+     --n "$N" --rounds "$R" --deadline "$DEADLINE" --out "$F" --tag "$PHASE" "$@" | cut -c1-260
+  cp "$F" "$OUTD/" 2>/dev/null
 }
 
 profile_one() {  # scenario: py-spy on this client (all threads) and on the server (front-end + engine core)
@@ -106,6 +108,10 @@ case "$PHASE" in
   bench32)
     start_server || exit 5
     run_plan 32 3000 2 --poisson 0.5,0.9 --poisson-seconds 10 ;;
+  focus)  # the target rows only, more rounds: raw, .batch/.abatch, ChatOpenAI default .batch
+    versions | tee "$OUTD/versions.txt"; start_server || exit 5
+    PLAN=focus run_plan 32 3000 4
+    PLAN=focus run_plan 128 1500 3 ;;
   profile)
     start_server || exit 5
     mkdir -p /tmp/prof

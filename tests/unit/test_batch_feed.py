@@ -26,7 +26,7 @@ class _Starts(BaseCallbackHandler):
         self.raise_error = fail_at is not None
         self.started = 0
         self.batch_sizes: list[int] = []
-        self.ended = 0
+        self.ended = self.errored = 0
         self.lock = threading.Lock()
 
     def on_chat_model_start(self, serialized: Any, messages: Any, **kw: Any) -> None:
@@ -42,6 +42,10 @@ class _Starts(BaseCallbackHandler):
     def on_llm_end(self, response: Any, **kw: Any) -> None:
         with self.lock:
             self.ended += 1
+
+    def on_llm_error(self, error: BaseException, **kw: Any) -> None:
+        with self.lock:
+            self.errored += 1
 
 
 def _first_request_sees(starts: _Starts) -> tuple[list[int], Any]:
@@ -138,10 +142,7 @@ def test_a_callback_failing_mid_batch_raises_and_cancels_what_was_sent(mock_mode
         model.batch([f"q-{i}" for i in range(200)], config={"callbacks": [starts]})
     gate.set()
     assert rec.count < 100  # only chunks started before the failure were ever sent
-    deadline = time.monotonic() + 5
-    while model.stats()["in_flight"] and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert model.stats()["in_flight"] == 0  # the sent chunks were cancelled, not left holding slots
+    _settled(model)  # the sent chunks were cancelled, not left holding slots
     assert model.batch(["after"])[0].content == "late"  # the pool still works
 
 
@@ -156,3 +157,83 @@ async def test_results_of_one_loop_iteration_are_handed_over_together() -> None:
     await asyncio.sleep(0)
     assert [len(b) for b in got] == [32, 1]
     assert [t[0] for b in got for t in b] == list(range(33))
+
+
+def _settled(model: Any) -> None:
+    deadline = time.monotonic() + 5
+    while model.stats()["in_flight"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert model.stats()["in_flight"] == 0
+
+
+BAD_AT = {0, 31, 32, 95, 96, 97, 480, 599}
+
+
+def _mixed(n: int) -> list[Any]:
+    from langchain_core.messages import HumanMessage
+
+    image = HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    return [[image] if i in BAD_AT else f"q-{i}" for i in range(n)]
+
+
+def test_bad_inputs_across_chunk_boundaries_are_per_item_errors(mock_model: Any) -> None:
+    starts = _Starts()
+    model, rec = mock_model()
+    out = model.batch(_mixed(600), config={"callbacks": [starts]}, return_exceptions=True)
+    assert len(out) == 600
+    for i, r in enumerate(out):
+        if i in BAD_AT:
+            assert isinstance(r, ValueError) and "image_url" in str(r), (i, r)
+        else:
+            assert r.content == f"echo:q-{i}", (i, r)
+    assert rec.count == 600 - len(BAD_AT)
+    assert starts.started == starts.ended == 600 - len(BAD_AT)  # no run for an input never sent
+
+
+async def test_abatch_bad_inputs_across_chunk_boundaries_are_per_item_errors(mock_model: Any) -> None:
+    model, rec = mock_model()
+    out = await model.abatch(_mixed(600), return_exceptions=True)
+    assert [i for i, r in enumerate(out) if isinstance(r, ValueError)] == sorted(BAD_AT)
+    assert all(r.content == f"echo:q-{i}" for i, r in enumerate(out) if i not in BAD_AT)
+    assert rec.count == 600 - len(BAD_AT)
+
+
+def test_a_bad_input_after_the_first_chunk_raises_and_ends_every_started_run(mock_model: Any) -> None:
+    from langchain_core.messages import HumanMessage
+
+    gate = threading.Event()
+
+    async def held(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        while not gate.is_set():
+            await asyncio.sleep(0.005)
+        return httpx.Response(200, json=chat_body("late"))
+
+    image = HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    inputs: list[Any] = [f"q-{i}" for i in range(300)]
+    inputs[200] = [image]
+    starts = _Starts()
+    model, rec = mock_model(held)
+    with pytest.raises(ValueError, match="image_url"):
+        model.batch(inputs, config={"callbacks": [starts]})
+    gate.set()
+    assert 0 < starts.started <= 200  # the chunks before the bad input had started
+    assert starts.errored == starts.started and starts.ended == 0  # ... and every one of them was ended
+    assert rec.count <= starts.started
+    _settled(model)
+
+
+def test_a_callback_failing_on_a_result_ends_the_other_runs(mock_model: Any) -> None:
+    class FailsOnEnd(_Starts):
+        def on_llm_end(self, response: Any, **kw: Any) -> None:
+            super().on_llm_end(response, **kw)
+            if self.ended == 10:
+                raise RuntimeError("handler broke on a result")
+
+    h = FailsOnEnd()
+    h.raise_error = True
+    model, _ = mock_model()
+    with pytest.raises(RuntimeError, match="handler broke on a result"):
+        model.batch([f"q-{i}" for i in range(100)], config={"callbacks": [h]})
+    assert h.started == 100
+    assert h.ended == 10 and h.errored == 90  # nothing left open, nothing ended twice
+    _settled(model)
