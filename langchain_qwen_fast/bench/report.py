@@ -62,8 +62,17 @@ def closed_loop(rows: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any
     out: dict[int, dict[str, dict[str, Any]]] = {}
     for mt, scen in by.items():
         out[mt] = {}
+        # the best raw strategy of each round: a ratio against it is taken within one round
+        best_raw: dict[Any, float] = defaultdict(float)
         for name, rs in scen.items():
+            if name.startswith("raw_"):
+                for r in rs:
+                    best_raw[r.get("round")] = max(best_raw[r.get("round")], r["req_s"])
+        for name, rs in scen.items():
+            per_round = [r["req_s"] / best_raw[r.get("round")] for r in rs if best_raw.get(r.get("round"))]
             out[mt][name] = {
+                "x_raw_rounds": _med(per_round) if per_round else None,
+                "x_raw_rounds_spread": f"{min(per_round):.2f}-{max(per_round):.2f}" if len(per_round) > 1 else "-",
                 "n": rs[0]["n"],
                 "rounds": len(rs),
                 "req_s": _med([r["req_s"] for r in rs]),
@@ -85,17 +94,19 @@ def closed_loop_md(rows: list[dict[str, Any]]) -> str:
         lines += [
             f"#### max_tokens = {mt} (N = {next(iter(scen.values()))['n']})",
             "",
-            "| scenario | req/s (median) | spread | x ChatOpenAI .batch | x best raw | client CPU ms/req | "
-            "CPU x ChatOpenAI .batch | p50 s | p95 s | errors | tokens exact |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| scenario | req/s (median) | spread | x ChatOpenAI .batch | x best raw | x best raw of its round "
+            "(median, range) | client CPU ms/req | CPU x ChatOpenAI .batch | p50 s | p95 s | errors | tokens exact |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name in sorted(scen, key=lambda k: ORDER.index(k) if k in ORDER else 99):
             v = scen[name]
             x_oai = f"{v['req_s'] / oai['req_s']:.2f}" if oai else ""
             x_raw = f"{v['req_s'] / raw:.2f}" if raw else ""
             cpu_ratio = f"{v['cpu_ms'] / oai['cpu_ms']:.2f}" if oai else ""
+            x_round = f"{v['x_raw_rounds']:.2f} ({v['x_raw_rounds_spread']})" if v["x_raw_rounds"] else ""
             lines.append(
-                f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {v['cpu_ms']:.3f} | "
+                f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {x_round} | "
+                f"{v['cpu_ms']:.3f} | "
                 f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {v['errors']} | {'yes' if v['tokens_ok'] else 'no'} |"
             )
         lines.append("")
@@ -152,7 +163,7 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         ax.barh(names, vals, color=colors)
         ax.invert_yaxis()
         ax.set_xlabel("req/s (median over rounds)")
-        ax.set_title(f"{title}: max_tokens={mt}")
+        ax.set_title(f"max_tokens={mt}")
         for i, v in enumerate(vals):
             ax.text(v, i, f" {v:.0f}", va="center", fontsize=8)
     if pr:
@@ -174,6 +185,8 @@ def plot(rows: list[dict[str, Any]], path: str, title: str) -> None:
         ax.set_yscale("log")
         ax.set_title("open loop: p95 vs offered load")
         ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
