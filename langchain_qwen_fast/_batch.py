@@ -3,8 +3,8 @@
 LangChain's default ``batch`` runs ``invoke`` in min(32, cpu+4) threads, which caps what is in
 flight far below what a vLLM server takes (49 req/s where the engine does 152). Here the inputs
 are converted and their callback runs started chunk by chunk (32 inputs, then 64, ... up to 512;
-one callback manager for a shared config, as ``BaseChatModel.generate`` does), and each chunk
-goes to the dispatcher as soon as it is ready: the first requests are on the wire while the rest
+one callback manager for a shared config, one run per input as ``ChatOpenAI.batch`` reports them),
+and each chunk goes to the dispatcher as soon as it is ready: the first requests are on the wire while the rest
 are still being prepared. An input that cannot be converted is a per-item ``ValueError`` with
 ``return_exceptions``; without it, it raises, and the chunks already sent are cancelled.
 
@@ -16,6 +16,7 @@ admission limit rather than the thread-pool size.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -79,8 +80,8 @@ class _Prepared:
         kwargs: dict[str, Any],
         return_exceptions: bool,
     ) -> None:
-        # One dict (or none) for the whole batch: one callback manager serves every input, as in
-        # BaseChatModel.generate. A list of configs (what an LCEL chain passes, each with its own
+        # One dict (or none) for the whole batch: one callback manager serves every input (it is
+        # what each invoke would configure anyway). A list of configs (what an LCEL chain passes, each with its own
         # child callbacks), or a run_id, which belongs to the first input only, needs one each.
         self.shared_config = not isinstance(config, Sequence) and not (config or {}).get("run_id")
         self.input_configs = (
@@ -116,8 +117,8 @@ class _Prepared:
             idx.append(i)
         return msgs_out, items, idx
 
-    def chunks(self) -> Iterator[tuple[Any, list[Any], list[Any]]]:
-        """(config, message lists, items) per callback start, converted chunk by chunk, small chunks first.
+    def chunks(self) -> Iterator[tuple[list[Any], list[Any], list[Any]]]:
+        """(configs, message lists, items) per chunk of inputs, converted chunk by chunk, small chunks first.
 
         The caller starts the callback runs of a chunk and hands its items to the dispatcher before
         it converts the next, so the first requests are on the wire after ~32 inputs rather than
@@ -131,11 +132,8 @@ class _Prepared:
             msgs, items, idx = self._convert(start, end)
             self.items += items
             self.index += idx
-            if self.shared_config and items:
-                yield self.input_configs[0], msgs, items
-            elif items:
-                for m, it, i in zip(msgs, items, idx, strict=True):
-                    yield self.input_configs[i], [m], [it]
+            if items:
+                yield [self.input_configs[i] for i in idx], msgs, items
             start, size = end, min(2 * size, _MAX_CHUNK)
 
     def manager(self, model: BatchedChatQwen, config: dict[str, Any], cls: Any) -> Any:
@@ -161,13 +159,14 @@ class _Prepared:
         return args, {"langsmith_inheritable_metadata": _filter_invocation_params_for_tracing(self.params)}
 
     def start_kwargs(self, config: dict[str, Any]) -> dict[str, Any]:
-        n = len(self.inputs) if self.shared_config else 1  # the batch a run belongs to, as LangChain reports it
+        # One run per input, started one at a time so that a failure part-way leaves no run
+        # started without its manager; batch_size 1 as ChatOpenAI.batch reports it (invoke per input).
         return {
             "invocation_params": self.params,
             "options": self.options,
             "name": config.get("run_name"),
-            "run_id": config.get("run_id") if n == 1 else None,
-            "batch_size": n,
+            "run_id": config.get("run_id"),
+            "batch_size": 1,
         }
 
     @staticmethod
@@ -208,28 +207,29 @@ def batch_fast(
     prep = _Prepared(model, inputs, config, kwargs, return_exceptions)
     rt, disp = model._dispatcher()
     managers: list[Any] = []  # one run per item, in item order
-    done: list[bool] = []
+    finished: set[int] = set()
     with _bridge.BatchRun(rt, disp, prep.limit) as run:
         try:
-            for cfg, msgs, items in prep.chunks():
-                cm = prep.manager(model, cfg, CallbackManager)
-                managers += cm.on_chat_model_start(
-                    model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg)
-                )
-                done += [False] * len(items)
+            for cfgs, msgs, items in prep.chunks():
+                for cfg, m in zip(cfgs, msgs, strict=True):
+                    cm = prep.manager(model, cfg, CallbackManager)
+                    managers += cm.on_chat_model_start(
+                        model._serialized, [_format_for_tracing(m)], **prep.start_kwargs(cfg)
+                    )
                 run.add(items)
             for j, result, exc in run.results():
                 rm, i = managers[j], prep.index[j]
-                done[j] = True
+                finished.add(j)
                 if exc is not None:
                     rm.on_llm_error(exc, response=_error_response(exc))
                     prep.outputs[i] = exc
                 else:
                     rm.on_llm_end(_as_llm_result(result))
                     prep.outputs[i] = prep.finish(result, rm.run_id)
-        except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt: end every run started
-            for rm, finished in zip(managers, done, strict=False):
-                if not finished:
+        except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt: stop, end every run
+            run.close()  # cancel what was sent first: error callbacks may be slow
+            for j, rm in enumerate(managers):
+                if j not in finished:
                     with contextlib.suppress(Exception):
                         rm.on_llm_error(e)
             raise
@@ -250,30 +250,30 @@ async def abatch_fast(
     prep = _Prepared(model, inputs, config, kwargs, return_exceptions)
     rt, disp = model._dispatcher()
     managers: list[Any] = []
-    done: list[bool] = []
+    finished: set[int] = set()
     with _bridge.ABatchRun(rt, disp, prep.limit) as run:
         try:
-            for cfg, msgs, items in prep.chunks():
-                acm = prep.manager(model, cfg, AsyncCallbackManager)
-                managers += await acm.on_chat_model_start(
-                    model._serialized, [_format_for_tracing(m) for m in msgs], **prep.start_kwargs(cfg)
-                )
-                done += [False] * len(items)
+            for cfgs, msgs, items in prep.chunks():
+                for cfg, m in zip(cfgs, msgs, strict=True):
+                    acm = prep.manager(model, cfg, AsyncCallbackManager)
+                    managers += await acm.on_chat_model_start(
+                        model._serialized, [_format_for_tracing(m)], **prep.start_kwargs(cfg)
+                    )
                 run.add(items)
             async for j, result, exc in run.results():
                 rm, i = managers[j], prep.index[j]
-                done[j] = True
+                finished.add(j)
                 if exc is not None:
                     await rm.on_llm_error(exc, response=_error_response(exc))
                     prep.outputs[i] = exc
                 else:
                     await rm.on_llm_end(_as_llm_result(result))
                     prep.outputs[i] = prep.finish(result, rm.run_id)
-        except BaseException as e:  # incl. a cancelled task: end every run started
-            for rm, finished in zip(managers, done, strict=False):
-                if not finished:
-                    with contextlib.suppress(Exception):
-                        await rm.on_llm_error(e)
+        except BaseException as e:  # incl. a cancelled task: stop, then end every run started, concurrently
+            run.close()
+            await asyncio.gather(
+                *(rm.on_llm_error(e) for j, rm in enumerate(managers) if j not in finished), return_exceptions=True
+            )
             raise
     if not return_exceptions:
         _raise_first(prep.outputs)

@@ -95,11 +95,25 @@ async def test_abatch_first_requests_leave_before_the_last_input_is_started(mock
     assert first[0] < n // 2, f"first request only after {first[0]} of {n} runs were started"
 
 
-def test_one_config_for_the_batch_starts_runs_as_one_batch(mock_model: Any) -> None:
+def test_one_config_for_the_batch_configures_callbacks_once(mock_model: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_core.callbacks import CallbackManager
+
+    calls: list[int] = []
+    real = CallbackManager.configure.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: Any, *a: Any, **kw: Any) -> Any:
+        calls.append(1)
+        return real(cls, *a, **kw)
+
+    monkeypatch.setattr(CallbackManager, "configure", classmethod(counting))
     starts = _Starts()
     model, _ = mock_model()
     model.batch([f"q-{i}" for i in range(70)], config={"callbacks": [starts]})
-    assert starts.batch_sizes == [70] * 70  # as BaseChatModel.generate reports a batch
+    assert len(calls) == 1  # not once per input (95 us each)
+    assert starts.batch_sizes == [1] * 70  # as ChatOpenAI.batch reports each run
+    calls.clear()
+    model.batch([f"q-{i}" for i in range(70)], config=[{"callbacks": [starts]} for _ in range(70)])
+    assert len(calls) == 70  # a list of configs (an LCEL chain's children): one manager each
 
 
 def test_a_config_per_input_starts_one_run_each(mock_model: Any) -> None:
@@ -236,4 +250,64 @@ def test_a_callback_failing_on_a_result_ends_the_other_runs(mock_model: Any) -> 
         model.batch([f"q-{i}" for i in range(100)], config={"callbacks": [h]})
     assert h.started == 100
     assert h.ended == 10 and h.errored == 90  # nothing left open, nothing ended twice
+    _settled(model)
+
+
+def test_a_handler_failing_at_start_leaves_no_other_run_open(mock_model: Any) -> None:
+    starts = _Starts(fail_at=100)
+    model, _ = mock_model()
+    with pytest.raises(RuntimeError, match="tracer broke at input 100"):
+        model.batch([f"q-{i}" for i in range(300)], config={"callbacks": [starts]})
+    # the run whose start raised never got a manager (as in LangChain's own generate); all others are ended
+    assert starts.started == 100
+    assert starts.ended + starts.errored == 99
+    _settled(model)
+
+
+async def test_a_cancelled_abatch_ends_its_runs_and_stops_quickly(mock_model: Any) -> None:
+    async def slow(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.05)
+        return httpx.Response(200, json=chat_body("ok"))
+
+    starts = _Starts()
+    model, _ = mock_model(slow, max_concurrency=64)
+    t0 = time.monotonic()
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(model.abatch([f"q-{i}" for i in range(3000)], config={"callbacks": [starts]}), 0.3)
+    assert time.monotonic() - t0 < 1.5
+    assert starts.started > 0
+    assert starts.started - starts.ended - starts.errored <= 1  # at most the one whose start was interrupted
+    deadline = time.monotonic() + 5
+    while model.stats()["in_flight"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert model.stats()["in_flight"] == 0
+
+
+def test_a_failed_batch_stops_sending_before_its_error_callbacks_run(mock_model: Any) -> None:
+    from langchain_core.messages import HumanMessage
+
+    async def answer(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(0.01)
+        return httpx.Response(200, json=chat_body("ok"))
+
+    model, rec = mock_model(answer)
+    sent_during_errors: list[int] = []
+
+    class SlowErrors(_Starts):
+        def on_llm_error(self, error: BaseException, **kw: Any) -> None:
+            sent_during_errors.append(rec.count)
+            time.sleep(0.002)
+            super().on_llm_error(error, **kw)
+
+    image = HumanMessage(content=[{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])
+    inputs: list[Any] = [f"q-{i}" for i in range(1000)]
+    inputs[990] = [image]
+    h = SlowErrors()
+    with pytest.raises(ValueError, match="image_url"):
+        model.batch(inputs, config={"callbacks": [h], "max_concurrency": 20})
+    # Hundreds of started runs are ended one by one (~1 s); meanwhile no new request may leave
+    # (20 at a time every 10 ms would be hundreds). Those already on the wire may still arrive.
+    assert len(sent_during_errors) > 100
+    assert sent_during_errors[-1] - sent_during_errors[0] <= 20, sent_during_errors[:: len(sent_during_errors) // 5]
+    assert h.errored == h.started - h.ended
     _settled(model)
