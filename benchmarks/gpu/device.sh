@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu/device.sh bench128   # unpack the client site, versions, 128-token plan + open loop
 #   bash benchmarks/gpu/device.sh bench32    # same server: 32-token plan + open loop
 #   bash benchmarks/gpu/device.sh focus      # same server: the target rows only, 4 rounds at 32, 3 at 128
+#                                            # (FOCUS32=N / FOCUS128=N set the rounds; 0 skips that length)
 #   bash benchmarks/gpu/device.sh profile    # same server: py-spy of client and server, .batch/.abatch vs raw lists
 #   bash benchmarks/gpu/device.sh offline    # stop the server, then the offline engine limit
 # Carried folders (see benchmarks/gpu/README.md): .gpu1 (server site tarballs from ../shared/gpu-blobs),
@@ -110,8 +111,8 @@ case "$PHASE" in
     run_plan 32 3000 2 --poisson 0.5,0.9 --poisson-seconds 10 ;;
   focus)  # the target rows only, more rounds: raw, .batch/.abatch, ChatOpenAI default .batch
     versions | tee "$OUTD/versions.txt"; start_server || exit 5
-    PLAN=focus run_plan 32 3000 4
-    PLAN=focus run_plan 128 1500 3 ;;
+    [ "${FOCUS32:-4}" -gt 0 ] && PLAN=focus run_plan 32 3000 "${FOCUS32:-4}"
+    [ "${FOCUS128:-3}" -gt 0 ] && PLAN=focus run_plan 128 1500 "${FOCUS128:-3}" ;;
   profile)
     start_server || exit 5
     mkdir -p /tmp/prof
