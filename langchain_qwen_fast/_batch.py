@@ -81,8 +81,9 @@ class _Prepared:
         return_exceptions: bool,
     ) -> None:
         # One dict (or none) for the whole batch: one callback manager serves every input (it is
-        # what each invoke would configure anyway). A list of configs (what an LCEL chain passes, each with its own
-        # child callbacks), or a run_id, which belongs to the first input only, needs one each.
+        # what each invoke would configure anyway). A list of configs (what an LCEL chain passes,
+        # each with its own child callbacks), or a run_id, which belongs to the first input only,
+        # needs one each.
         self.shared_config = not isinstance(config, Sequence) and not (config or {}).get("run_id")
         self.input_configs = (
             [ensure_config(config)] * len(inputs) if self.shared_config else get_config_list(config, len(inputs))
@@ -90,15 +91,14 @@ class _Prepared:
         kwargs = dict(kwargs)
         self.model, self.inputs, self.return_exceptions = model, inputs, return_exceptions
         self.limit = self.input_configs[0].get("max_concurrency") if inputs else None
-        self.stop = kwargs.pop("stop", None)
+        stop = kwargs.pop("stop", None)
         ls_format = kwargs.pop("ls_structured_output_format", None) or kwargs.pop("structured_output_format", None)
-        self.params = model._get_invocation_params(stop=self.stop, **kwargs)
-        self.options = {"stop": self.stop, **_format_ls_structured_output(ls_format)}
-        self.ls_params = model._get_ls_params_with_defaults(stop=self.stop, **kwargs)
-        self.spec = model._spec(self.stop, kwargs)
+        self.params = model._get_invocation_params(stop=stop, **kwargs)
+        self.options = {"stop": stop, **_format_ls_structured_output(ls_format)}
+        self.ls_params = model._get_ls_params_with_defaults(stop=stop, **kwargs)
+        self.spec = model._spec(stop, kwargs)
         self.outputs: list[Any] = [None] * len(inputs)
         self.index: list[int] = []  # position in inputs of each item sent
-        self.items: list[Any] = []
         self._manager: Any = None
 
     def _convert(self, start: int, end: int) -> tuple[list[Any], list[Any], list[int]]:
@@ -130,23 +130,23 @@ class _Prepared:
         while start < n:
             end = min(n, start + size)
             msgs, items, idx = self._convert(start, end)
-            self.items += items
             self.index += idx
             if items:
                 yield [self.input_configs[i] for i in idx], msgs, items
             start, size = end, min(2 * size, _MAX_CHUNK)
 
-    def manager(self, model: BatchedChatQwen, config: dict[str, Any], cls: Any) -> Any:
+    def manager(self, config: dict[str, Any], cls: Any) -> Any:
         """The callback manager for ``config``: configured once for a shared config, else per input."""
         if self.shared_config and self._manager is not None:
             return self._manager
-        args, kw = self.manager_args(model, config)
+        args, kw = self.manager_args(config)
         cm = cls.configure(*args, **kw)
         if self.shared_config:
             self._manager = cm
         return cm
 
-    def manager_args(self, model: BatchedChatQwen, config: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    def manager_args(self, config: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        model = self.model
         args = (
             config.get("callbacks"),
             model.callbacks,
@@ -212,7 +212,7 @@ def batch_fast(
         try:
             for cfgs, msgs, items in prep.chunks():
                 for cfg, m in zip(cfgs, msgs, strict=True):
-                    cm = prep.manager(model, cfg, CallbackManager)
+                    cm = prep.manager(cfg, CallbackManager)
                     managers += cm.on_chat_model_start(
                         model._serialized, [_format_for_tracing(m)], **prep.start_kwargs(cfg)
                     )
@@ -255,7 +255,7 @@ async def abatch_fast(
         try:
             for cfgs, msgs, items in prep.chunks():
                 for cfg, m in zip(cfgs, msgs, strict=True):
-                    acm = prep.manager(model, cfg, AsyncCallbackManager)
+                    acm = prep.manager(cfg, AsyncCallbackManager)
                     managers += await acm.on_chat_model_start(
                         model._serialized, [_format_for_tracing(m)], **prep.start_kwargs(cfg)
                     )

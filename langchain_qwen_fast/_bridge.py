@@ -22,6 +22,18 @@ Triple = tuple[int, Any, BaseException | None]
 _END = object()
 
 
+def _putter(q: asyncio.Queue[Any]) -> Callable[[Any], None]:
+    """A put for ``q`` (owned by the running loop) that any thread may call; dropped once that loop is closed."""
+    loop = asyncio.get_running_loop()
+
+    def put(x: Any) -> None:
+        if not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the caller's loop closed under us: nobody is listening
+                loop.call_soon_threadsafe(q.put_nowait, x)
+
+    return put
+
+
 class _Coalesce:
     """A result sink on the runtime loop that hands results over once per loop iteration.
 
@@ -88,15 +100,8 @@ class ABatchRun(_Run):
     """For a caller on any event loop: ``results`` is the async twin of :meth:`BatchRun.results`."""
 
     def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None) -> None:
-        loop = asyncio.get_running_loop()
         self.q: asyncio.Queue[list[Triple]] = asyncio.Queue()
-
-        def deliver(batch: list[Triple]) -> None:
-            if not loop.is_closed():
-                with contextlib.suppress(RuntimeError):  # the caller's loop closed under us: nobody is listening
-                    loop.call_soon_threadsafe(self.q.put_nowait, batch)
-
-        super().__init__(rt, disp, limit, deliver)
+        super().__init__(rt, disp, limit, _putter(self.q))
 
     async def results(self) -> AsyncIterator[Triple]:
         while self.received < self.total:
@@ -184,14 +189,8 @@ def stream_events(rt: Runtime, disp: Dispatcher, open_events: Callable[[], Async
 async def astream_events(
     rt: Runtime, disp: Dispatcher, open_events: Callable[[], AsyncIterator[Any]]
 ) -> AsyncIterator[Any]:
-    loop = asyncio.get_running_loop()
     q: asyncio.Queue[Any] = asyncio.Queue()
-
-    def put(ev: Any) -> None:
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(q.put_nowait, ev)
-
+    put = _putter(q)
     pipe = _StreamPipe(rt, disp, open_events)
     fut = rt.submit(pipe.produce(put))
     finished = False

@@ -41,8 +41,8 @@ def plan(name: str) -> Plan:
     if name == "cpu":
         return [*raw, *qwen, *openai]
     if name == "focus":  # the rows the throughput targets compare, for more rounds in the same time
-        keep = {"qwen_batch_completions", "qwen_abatch_completions"}
-        return [*raw, *[q for q in qwen if q[0] in keep], openai[0]]
+        keep = {"qwen_batch_completions", "qwen_abatch_completions", "openai_batch_default"}
+        return [*raw, *[step for step in [*qwen, *openai] if step[0] in keep]]
     if name == "serial":
         return [
             ("httpx_serial", S.httpx_serial),
