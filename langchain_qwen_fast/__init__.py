@@ -14,12 +14,15 @@ from langchain_qwen_fast._errors import (
     ServerError,
 )
 from langchain_qwen_fast._qwen import QWEN3_NON_THINKING, QWEN3_THINKING, SamplingPreset, render_chatml
+from langchain_qwen_fast._replicas import AllReplicasDownError
+from langchain_qwen_fast._run_batch import run_batch, run_batch_as_completed
 from langchain_qwen_fast.chat_models import BatchedChatQwen
 
 __all__ = [
     "QWEN3_NON_THINKING",
     "QWEN3_THINKING",
     "APIConnectionError",
+    "AllReplicasDownError",
     "AuthenticationError",
     "BadRequestError",
     "BatchedChatQwen",
@@ -33,5 +36,7 @@ __all__ = [
     "SamplingPreset",
     "ServerError",
     "render_chatml",
+    "run_batch",
+    "run_batch_as_completed",
 ]
 __version__ = "0.1.0"

@@ -1,21 +1,26 @@
-"""The dispatcher: admission, coalescing and the wire mode, with one future per item.
+"""The dispatcher: admission per replica, fair queueing between callers, coalescing, the wire mode.
 
 Admission counts *sequences* on the server (one per chat request, one per prompt of a
-``/v1/completions`` list) and never lets more than ``max_concurrency`` run at once; what does not
-fit waits in one FIFO queue, so memory is one small :class:`Item` per pending input and no task
-per item. A pump moves items from the queue whenever capacity frees up:
+``/v1/completions`` list) and never lets more than a replica's limit run there at once (an optional
+total caps the sum; ``_replicas.py``). What does not fit waits in its caller's flow
+(``_scheduler.py``: one FIFO queue per batch, single call or stream, served in turn by sequences,
+higher priority first), so memory is one small :class:`Item` per pending input and no task per
+item. A pump moves items whenever capacity frees up:
 
-- chat items (and streams) go out one request each, at once;
+- chat items (and streams) go out one request each, at once, to the replica routing picks;
 - completions items coalesce into a list of up to ``max_batch_size`` prompts with the same
-  sampling parameters, capped by ``max_batch_tokens``. An idle dispatcher sends at once (no added
-  latency); a busy one waits up to ``max_wait_ms`` for a list to fill.
+  sampling parameters (from their own flow first, then from other flows), capped by
+  ``max_batch_tokens`` and the chosen replica's free capacity; the list goes whole to that one
+  replica. An idle dispatcher sends at once (no added latency); a busy one waits up to
+  ``max_wait_ms`` for a list to fill.
 
 A list the server rejects as a whole (one bad prompt makes vLLM answer 400 for all) is split in
 halves and re-sent until the bad prompt stands alone, so its neighbours still succeed. Every
 task's outcome lands in its items' futures; nothing a task does can raise into the pump, and the
 pump itself logs and carries on, so the dispatcher cannot die (ray#66140). A cancelled future is
 skipped in the queue, and an in-flight request whose every item was cancelled is cancelled
-too (ray#50046: no hang on cancel).
+too (ray#50046: no hang on cancel). When every replica is down, what waits fails at once with
+one error naming each replica.
 """
 
 from __future__ import annotations
@@ -24,12 +29,14 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
+from langchain_qwen_fast._replicas import Lease, Replica, prefix_keys
+from langchain_qwen_fast._scheduler import Flow, FlowPolicy, Scheduler
 from langchain_qwen_fast._stats import DispatchStats
 from langchain_qwen_fast._transport import Transport, deadline_for
 
@@ -40,15 +47,21 @@ _DONE_PAYLOAD: dict[str, Any] = {}  # what a finished Item keeps instead of its 
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    max_concurrency: int = 512
+    """How lists are formed. Admission limits live with the replicas (``_replicas.ReplicaSet``)."""
+
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
     max_batch_tokens: int = 32768
+    flows: FlowPolicy = field(default_factory=FlowPolicy)
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_wait_ms < 0:
+            raise ValueError("max_batch_size and max_batch_tokens must be >= 1 and max_wait_ms >= 0")
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Item:
-    """One input on its way: the chat payload, and the rendered prompt when a list may carry it."""
+    """One input on its way: the chat payload, or the rendered prompt when a list may carry it."""
 
     payload: dict[str, Any]
     headers: Mapping[str, str]
@@ -62,25 +75,34 @@ class Item:
     future: asyncio.Future[Any] = field(default=None)  # type: ignore[arg-type]  # set by submit()
     enqueued: float = 0.0
     task: asyncio.Task[Any] | None = None
+    flow: Flow | None = None
 
 
 class Dispatcher:
     def __init__(self, transport: Transport, config: DispatchConfig) -> None:
         self.transport = transport
+        self.replicas = transport.replicas
+        self.replicas.on_change = self._wake
         self.config = config
+        self.sched = Scheduler(config.flows)
         self.stats = DispatchStats()
-        self.inflight = 0
         self.max_inflight_seen = 0
         self.closed = False
-        self._queue: deque[Item] = deque()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._task_items: dict[asyncio.Task[Any], list[Item]] = {}  # list requests only
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    @property
+    def inflight(self) -> int:
+        return self.replicas.inflight
+
     # -- entry points (called on the runtime loop) -----------------------------------------
-    def submit(self, item: Item) -> asyncio.Future[Any]:
+    def submit(self, item: Item, flow: Flow | None = None) -> asyncio.Future[Any]:
+        """Queue ``item`` in ``flow`` (a flow of its own when none is given)."""
+        flow = flow or Flow("single")
         loop = self._loop or asyncio.get_running_loop()
         self._loop = loop
         item.future = loop.create_future()
@@ -88,31 +110,46 @@ class Dispatcher:
             item.future.set_exception(ClientClosedError("the model's pool is closed"))
             return item.future
         item.enqueued = time.monotonic()
+        item.flow = flow
         self.stats.items += 1
         item.future.add_done_callback(lambda f, it=item: self._on_item_done(it, f))  # type: ignore[misc]
-        self._queue.append(item)
-        if not self._pump_scheduled:
-            self._pump_scheduled = True
-            loop.call_soon(self._pump)
+        self.sched.push(flow, item)
+        self._wake()
         return item.future
 
-    async def stream_slot(self) -> None:
-        """Wait for admission of one streamed request; pair with :meth:`release_slot`."""
+    def cancel_flow(self, flow: Flow) -> None:
+        """Drop what ``flow`` still has queued, at once (a caller that left)."""
+        for it in self.sched.drop(flow):
+            if not it.future.done():
+                it.future.cancel()
+
+    async def stream(
+        self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], timeout: float | None, flow: Flow
+    ) -> AsyncIterator[dict[str, Any]]:
+        """One streamed request: wait for admission in ``flow``, stream from the replica chosen, release."""
         item = Item(payload={}, headers={}, deadline_s=None, model="", stream_slot=True)
-        fut = self.submit(item)
+        fut = self.submit(item, flow)
         try:
-            await fut
+            lease: Lease = await fut
         except asyncio.CancelledError:
             # Cancelled after the pump admitted us but before this task resumed: the slot was
-            # counted, and nobody would release it (a permanent leak of admission capacity).
+            # counted, and nobody else would release it (a permanent leak of admission capacity).
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._finish(1)
+                self._release(fut.result())
             raise
-
-    def release_slot(self) -> None:
-        self._finish(1)
+        try:
+            async for event in self.transport.stream_events(path, payload, headers, deadline_for(timeout), timeout,
+                                                            lease):
+                yield event
+        finally:
+            self._release(lease)
 
     # -- the pump ----------------------------------------------------------------------------
+    def _wake(self) -> None:
+        if not self._pump_scheduled and self._loop is not None and self.sched:
+            self._pump_scheduled = True
+            self._loop.call_soon(self._pump)
+
     def _pump(self) -> None:
         self._pump_scheduled = False
         try:
@@ -121,72 +158,88 @@ class Dispatcher:
             log.exception("qwen-fast dispatcher pump failed; continuing")
 
     def _pump_inner(self) -> None:
-        q, cfg = self._queue, self.config
-        while q and self.inflight < cfg.max_concurrency:
-            head = q[0]
-            if head.future.done():
-                q.popleft()
-                continue
+        sched, reps, cfg = self.sched, self.replicas, self.config
+        if sched and reps.all_down():
+            left = reps.fail_fast_in()
+            if left:  # every replica went down just now: hold the queue briefly for a probe to succeed
+                self._arm_timer(left)
+                return
+            err = reps.down_error()
+            for it in sched.drain():
+                self._settle(it, exc=err)
+            return
+        while sched:
+            flow = sched.current()
+            if flow is None:
+                return
+            head = sched.head(flow)
+            assert head is not None  # current() only returns flows with a live head
+            rep = reps.choose(flow.bulk, self._keys(head))
+            if rep is None and flow.bulk and reps.headroom:  # bulk is full: single calls may use the headroom
+                alt = sched.current(accept=lambda f: not f.bulk)
+                if alt is not None:
+                    flow, head = alt, sched.head(alt)
+                    assert head is not None
+                    rep = reps.choose(False, self._keys(head))
+            if rep is None:  # no capacity: a release wakes us; a 503 pause ends by the clock
+                reopen = reps.next_open_at()
+                if reopen is not None:
+                    self._arm_timer(reopen - time.monotonic())
+                return
             if head.prompt is None:
-                q.popleft()
-                self._admit([head])
+                sched.pop(flow)
+                sched.charge(flow, 1)
+                lease = self._admit(rep, [head])
                 if head.stream_slot:
-                    head.future.set_result(None)
+                    head.future.set_result(lease)
                 else:
-                    self._spawn(self._run_chat(head), [head])
+                    self._spawn(self._run_chat(head, lease), [head], lease)
                 continue
-            if self.inflight > 0 and len(q) < cfg.max_batch_size:
+            if self.inflight > 0 and len(sched) < cfg.max_batch_size:
                 wait = head.enqueued + cfg.max_wait_ms / 1000.0 - time.monotonic()
                 if wait > 0:
                     self._arm_timer(wait)
                     return
-            batch = self._collect(cfg.max_concurrency - self.inflight)
-            self._admit(batch)
-            self._spawn(self._run_list(batch), batch)
+            limit = min(cfg.max_batch_size, reps.free(rep, flow.bulk))
+            batch = sched.collect(flow, limit, cfg.max_batch_tokens, 4 * cfg.max_batch_size)
+            lease = self._admit(rep, batch)
+            self._spawn(self._run_list(batch, lease), batch, lease)
+
+    def _keys(self, item: Item) -> tuple[int, ...]:
+        if not self.replicas.affinity:
+            return ()
+        return prefix_keys(item.prompt, None if item.prompt is not None else item.payload.get("messages"))
 
     def _arm_timer(self, delay: float) -> None:
-        if self._timer is None and self._loop is not None:
-            def fire() -> None:
-                self._timer = None
-                self._pump()
+        if self._loop is None:
+            return
+        at = time.monotonic() + max(0.0, delay)
+        if self._timer is not None:
+            if self._timer_at <= at:
+                return
+            self._timer.cancel()
 
-            self._timer = self._loop.call_later(delay, fire)
+        def fire() -> None:
+            self._timer = None
+            self._pump()
 
-    def _collect(self, capacity: int) -> list[Item]:
-        """Take the head plus later items with its key, within size, capacity and token budget."""
-        cfg, q = self.config, self._queue
-        head = q.popleft()
-        batch, tokens = [head], head.est_tokens
-        limit = min(cfg.max_batch_size, capacity)
-        skipped: list[Item] = []
-        scanned = 0
-        while q and len(batch) < limit and scanned < 4 * cfg.max_batch_size:
-            it = q.popleft()
-            scanned += 1
-            if it.future.done():
-                continue
-            if it.key == head.key and it.prompt is not None and tokens + it.est_tokens <= cfg.max_batch_tokens:
-                batch.append(it)
-                tokens += it.est_tokens
-            else:
-                skipped.append(it)
-        q.extendleft(reversed(skipped))
-        return batch
+        self._timer_at = at
+        self._timer = self._loop.call_later(max(0.0, delay), fire)
 
-    def _admit(self, items: list[Item]) -> None:
+    def _admit(self, rep: Replica, items: list[Item]) -> Lease:
         now = time.monotonic()
         for it in items:
-            self.stats.queue_wait.add(now - it.enqueued)
-        self.inflight += len(items)
+            self.stats.waited(now - it.enqueued, it.flow)
+        lease = self.replicas.admit(rep, len(items))
         self.max_inflight_seen = max(self.max_inflight_seen, self.inflight)
+        return lease
 
-    def _finish(self, n: int) -> None:
-        self.inflight -= n
-        if self._queue and not self._pump_scheduled and self._loop is not None:
-            self._pump_scheduled = True
-            self._loop.call_soon(self._pump)
+    def _release(self, lease: Lease) -> None:
+        if lease.seqs:
+            self.replicas.release(lease)
+        self._wake()
 
-    def _spawn(self, coro: Any, items: list[Item]) -> None:
+    def _spawn(self, coro: Any, items: list[Item], lease: Lease) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         if len(items) > 1:
@@ -194,11 +247,11 @@ class Dispatcher:
         # Accounting lives in a done-callback, not in the coroutine's ``finally``: a task cancelled
         # before its first step (close() right after the pump spawned it) never runs its body,
         # and its items would wait forever while their slots stayed taken.
-        task.add_done_callback(lambda t, its=items: self._on_task_done(t, its))  # type: ignore[misc]
+        task.add_done_callback(lambda t, its=items, ls=lease: self._on_task_done(t, its, ls))  # type: ignore[misc]
         for it in items:
             it.task = task
 
-    def _on_task_done(self, task: asyncio.Task[Any], items: list[Item]) -> None:
+    def _on_task_done(self, task: asyncio.Task[Any], items: list[Item], lease: Lease) -> None:
         self._tasks.discard(task)
         self._task_items.pop(task, None)
         for it in items:
@@ -209,7 +262,7 @@ class Dispatcher:
             else:  # the coroutine ended without an outcome for this item: a bug, but never a hang
                 exc = task.exception() or RuntimeError("qwen-fast: the request ended without a result")
                 self._settle(it, exc=exc)
-        self._finish(len(items))
+        self._release(lease)
 
     def _on_item_done(self, item: Item, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
@@ -226,8 +279,7 @@ class Dispatcher:
             self.stats.item_latency.add(time.monotonic() - item.enqueued)
             if fut.exception() is not None:
                 self.stats.items_failed += 1
-        # The request body is never needed again; a caller's batch keeps its Items until the
-        # whole batch is done, so drop the bodies now (100k pending items: ~1 KB each).
+        # The request body is never needed again; drop it now (100k pending items: ~1 KB each).
         item.payload = _DONE_PAYLOAD
         if item.prompt is not None:
             item.prompt = ""
@@ -256,10 +308,11 @@ class Dispatcher:
         else:
             item.future.cancel()
 
-    async def _run_chat(self, item: Item) -> None:
+    async def _run_chat(self, item: Item, lease: Lease) -> None:
         deadline, timeout = self._deadline([item])
         try:
-            resp = await self.transport.post_json("/chat/completions", item.payload, item.headers, deadline, timeout)
+            resp = await self.transport.post_json("/chat/completions", item.payload, item.headers, deadline, timeout,
+                                                  lease)
             self._settle(item, chat_response_to_result(resp, item.model))
         except asyncio.CancelledError:
             self._abandon(item)
@@ -270,9 +323,9 @@ class Dispatcher:
             self.stats.batches += 1
             self.stats.batch_sizes[1] += 1
 
-    async def _run_list(self, items: list[Item]) -> None:
+    async def _run_list(self, items: list[Item], lease: Lease) -> None:
         try:
-            await self._send_list(items)
+            await self._send_list(items, lease)
         except BaseException as e:  # never leave an item without an outcome
             for it in items:
                 if isinstance(e, asyncio.CancelledError):
@@ -282,7 +335,7 @@ class Dispatcher:
             if isinstance(e, asyncio.CancelledError):
                 raise
 
-    async def _send_list(self, items: list[Item]) -> None:
+    async def _send_list(self, items: list[Item], lease: Lease) -> None:
         live = [it for it in items if not it.future.done()]
         if not live:
             return
@@ -292,14 +345,14 @@ class Dispatcher:
         payload["prompt"] = [it.prompt for it in live] if len(live) > 1 else live[0].prompt
         deadline, timeout = self._deadline(live)
         try:
-            resp = await self.transport.post_json("/completions", payload, live[0].headers, deadline, timeout)
+            resp = await self.transport.post_json("/completions", payload, live[0].headers, deadline, timeout, lease)
         except _SPLITTABLE as e:
             if len(live) == 1:
                 self._settle(live[0], exc=e)
                 return
             self.stats.splits += 1
             mid = len(live) // 2
-            await asyncio.gather(self._send_list(live[:mid]), self._send_list(live[mid:]))
+            await asyncio.gather(self._send_list(live[:mid], lease), self._send_list(live[mid:], lease))
             return
         except Exception as e:
             for it in live:
@@ -317,7 +370,10 @@ class Dispatcher:
     # -- lifecycle -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         snap = self.stats.snapshot()
-        snap.update(in_flight=self.inflight, max_in_flight=self.max_inflight_seen, queued=len(self._queue))
+        snap.update(in_flight=self.inflight, max_in_flight=self.max_inflight_seen, queued=len(self.sched))
+        for kind, counts in self.sched.snapshot().items():
+            snap["flows"].setdefault(kind, {}).update(counts)
+        snap["endpoints"] = self.replicas.snapshot()
         return snap
 
     async def aclose(self) -> None:
@@ -328,49 +384,51 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
         err = ClientClosedError("the model was closed while this call was pending")
-        while self._queue:
-            it = self._queue.popleft()
+        for it in self.sched.drain():
             self._settle(it, exc=err)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.transport.engine.aclose()
+        await self.transport.aclose()
 
 
 class Submission:
-    """One caller's batch, fed to the dispatcher as it arrives and at most ``limit`` items at a time.
+    """One caller's batch (one flow), fed to the dispatcher as it arrives and at most ``limit`` items at a time.
 
     ``add`` may be called several times: a large batch is prepared in chunks, and the first
     requests go out while later inputs are still being prepared. ``on_result(index, result,
     exception)`` fires once per item, in completion order; ``index`` counts across all ``add`` calls.
+    Only what has no outcome yet is kept: a finished item is dropped at once.
     """
 
     def __init__(
-        self, dispatcher: Dispatcher, limit: int | None, on_result: Callable[[int, Any, BaseException | None], None]
+        self, dispatcher: Dispatcher, limit: int | None, on_result: Callable[[int, Any, BaseException | None], None],
+        flow: Flow,
     ) -> None:
-        self.dispatcher, self.on_result = dispatcher, on_result
+        self.dispatcher, self.on_result, self.flow = dispatcher, on_result, flow
         self.limit = limit if limit and limit > 0 else None
-        self.items: list[Item] = []
-        self._next = 0  # items[:_next] have been handed to the dispatcher
-        self._active = 0  # ... and of those, this many have no outcome yet
+        self._waiting: deque[tuple[int, Item]] = deque()  # added, not yet handed to the dispatcher
+        self._live: dict[int, Item] = {}  # handed over, no outcome yet
+        self._count = 0
         self.cancelled = False
 
     def add(self, items: list[Item]) -> None:
         if self.cancelled:  # the caller has gone; nobody would read these results
             return
-        self.items.extend(items)
+        for it in items:
+            self._waiting.append((self._count, it))
+            self._count += 1
         self._fill()
 
     def _fill(self) -> None:
-        while self._next < len(self.items) and (self.limit is None or self._active < self.limit):
-            i = self._next
-            self._next += 1
-            self._active += 1
-            fut = self.dispatcher.submit(self.items[i])
+        while self._waiting and (self.limit is None or len(self._live) < self.limit):
+            i, item = self._waiting.popleft()
+            self._live[i] = item
+            fut = self.dispatcher.submit(item, self.flow)
             fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
 
     def _done(self, index: int, fut: asyncio.Future[Any]) -> None:
-        self._active -= 1
+        self._live.pop(index, None)
         if fut.cancelled():
             exc: BaseException | None = asyncio.CancelledError()
             result = None
@@ -386,6 +444,8 @@ class Submission:
 
     def cancel(self) -> None:
         self.cancelled = True
-        for it in self.items[: self._next]:
-            if it.future is not None and not it.future.done():
+        self._waiting.clear()
+        self.dispatcher.cancel_flow(self.flow)
+        for it in list(self._live.values()):
+            if not it.future.done():
                 it.future.cancel()

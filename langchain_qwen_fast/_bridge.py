@@ -17,6 +17,7 @@ from typing import Any
 from langchain_qwen_fast._batcher import Dispatcher, Item, Submission
 from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._runtime import Runtime
+from langchain_qwen_fast._scheduler import Flow
 
 Triple = tuple[int, Any, BaseException | None]
 _END = object()
@@ -60,9 +61,11 @@ class _Run:
     before every result was read (an exception, KeyboardInterrupt, a cancelled task) cancels what
     has not finished."""
 
-    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None, deliver: Callable[[list[Triple]], None]):
+    def __init__(
+        self, rt: Runtime, disp: Dispatcher, limit: int | None, deliver: Callable[[list[Triple]], None], flow: Flow
+    ) -> None:
         self.rt = rt
-        self.sub = Submission(disp, limit, _Coalesce(deliver))
+        self.sub = Submission(disp, limit, _Coalesce(deliver), flow)
         self.total = self.received = 0
 
     def add(self, items: list[Item]) -> None:
@@ -83,11 +86,11 @@ class _Run:
 class BatchRun(_Run):
     """For a blocking caller: ``results`` yields one triple per item in completion order."""
 
-    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None) -> None:
+    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None, flow: Flow) -> None:
         if rt.in_loop_thread():
             raise RuntimeError("sync BatchedChatQwen calls cannot run on the qwen-fast loop thread; use the async API")
         self.q: queue.SimpleQueue[list[Triple]] = queue.SimpleQueue()
-        super().__init__(rt, disp, limit, self.q.put)
+        super().__init__(rt, disp, limit, self.q.put, flow)
 
     def results(self) -> Iterator[Triple]:
         while self.received < self.total:
@@ -95,13 +98,19 @@ class BatchRun(_Run):
                 self.received += 1
                 yield triple
 
+    def take(self) -> list[Triple]:
+        """Block for the next delivery (the results that settled in one loop iteration)."""
+        got = self.q.get()
+        self.received += len(got)
+        return got
+
 
 class ABatchRun(_Run):
     """For a caller on any event loop: ``results`` is the async twin of :meth:`BatchRun.results`."""
 
-    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None) -> None:
+    def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None, flow: Flow) -> None:
         self.q: asyncio.Queue[list[Triple]] = asyncio.Queue()
-        super().__init__(rt, disp, limit, _putter(self.q))
+        super().__init__(rt, disp, limit, _putter(self.q), flow)
 
     async def results(self) -> AsyncIterator[Triple]:
         while self.received < self.total:
@@ -109,9 +118,14 @@ class ABatchRun(_Run):
                 self.received += 1
                 yield triple
 
+    async def take(self) -> list[Triple]:
+        got = await self.q.get()
+        self.received += len(got)
+        return got
 
-def call_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
-    with BatchRun(rt, disp, None) as run:
+
+def call_one(rt: Runtime, disp: Dispatcher, item: Item, priority: int = 0) -> Any:
+    with BatchRun(rt, disp, None, Flow("single", priority)) as run:
         run.add([item])
         for _, result, exc in run.results():
             if exc is not None:
@@ -120,8 +134,8 @@ def call_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-async def acall_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
-    with ABatchRun(rt, disp, None) as run:
+async def acall_one(rt: Runtime, disp: Dispatcher, item: Item, priority: int = 0) -> Any:
+    with ABatchRun(rt, disp, None, Flow("single", priority)) as run:
         run.add([item])
         async for _, result, exc in run.results():
             if exc is not None:
@@ -131,18 +145,19 @@ async def acall_one(rt: Runtime, disp: Dispatcher, item: Item) -> Any:
 
 
 class _StreamPipe:
-    """Runs an event stream on the runtime loop and hands its events to one consumer."""
+    """Runs an event stream on the runtime loop and hands its events to one consumer.
 
-    def __init__(self, rt: Runtime, disp: Dispatcher, open_events: Callable[[], AsyncIterator[Any]]) -> None:
-        self.rt, self.disp, self.open_events = rt, disp, open_events
+    ``open_events`` is called on the runtime loop; it returns the dispatcher's stream (admission,
+    the request, release), so the pipe only carries events and the outcome across the threads.
+    """
+
+    def __init__(self, rt: Runtime, open_events: Callable[[], AsyncIterator[Any]]) -> None:
+        self.rt, self.open_events = rt, open_events
         self.task: asyncio.Task[None] | None = None
 
     async def produce(self, put: Callable[[Any], None]) -> None:
         self.task = asyncio.current_task()  # type: ignore[assignment]
-        admitted = False
         try:
-            await self.disp.stream_slot()
-            admitted = True
             async for event in self.open_events():
                 put(event)
             put(_END)
@@ -153,9 +168,6 @@ class _StreamPipe:
             raise
         except BaseException as e:
             put(e)
-        finally:
-            if admitted:
-                self.disp.release_slot()
 
     def cancel(self) -> None:
         def _c() -> None:
@@ -165,9 +177,9 @@ class _StreamPipe:
         self.rt.call_soon(_c)
 
 
-def stream_events(rt: Runtime, disp: Dispatcher, open_events: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
+def stream_events(rt: Runtime, open_events: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
-    pipe = _StreamPipe(rt, disp, open_events)
+    pipe = _StreamPipe(rt, open_events)
     fut = rt.submit(pipe.produce(q.put))
     finished = False
     try:
@@ -186,12 +198,10 @@ def stream_events(rt: Runtime, disp: Dispatcher, open_events: Callable[[], Async
             pipe.cancel()
 
 
-async def astream_events(
-    rt: Runtime, disp: Dispatcher, open_events: Callable[[], AsyncIterator[Any]]
-) -> AsyncIterator[Any]:
+async def astream_events(rt: Runtime, open_events: Callable[[], AsyncIterator[Any]]) -> AsyncIterator[Any]:
     q: asyncio.Queue[Any] = asyncio.Queue()
     put = _putter(q)
-    pipe = _StreamPipe(rt, disp, open_events)
+    pipe = _StreamPipe(rt, open_events)
     fut = rt.submit(pipe.produce(put))
     finished = False
     try:

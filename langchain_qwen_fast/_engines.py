@@ -58,6 +58,8 @@ class StreamHandle(Protocol):
 class Engine(Protocol):
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse: ...
 
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse: ...
+
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], timeout: float
     ) -> StreamHandle: ...
@@ -125,6 +127,16 @@ class AiohttpEngine:
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
         try:
             async with self._sess().post(url, data=body, headers=headers, timeout=self._timeout(timeout)) as r:
+                return RawResponse(r.status, r.headers, await r.read())
+        except _AIOHTTP_NOT_SENT as e:
+            raise connection_error(url, e, maybe_sent=False) from e
+        except _AIOHTTP_CONN as e:
+            raise connection_error(url, e, maybe_sent=True) from e
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
+        """A health probe: ``GET`` with the whole exchange bounded by ``timeout``."""
+        try:
+            async with self._sess().get(url, headers=headers, timeout=self._timeout(timeout)) as r:
                 return RawResponse(r.status, r.headers, await r.read())
         except _AIOHTTP_NOT_SENT as e:
             raise connection_error(url, e, maybe_sent=False) from e
@@ -201,6 +213,17 @@ class HttpxEngine:
             raise connection_error(url, e, maybe_sent=True) from e
         return RawResponse(r.status_code, r.headers, r.content)
 
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
+        try:
+            r = await self.client.get(url, headers=dict(headers), timeout=timeout)
+        except _HTTPX_NOT_SENT as e:
+            raise connection_error(url, e, maybe_sent=False) from e
+        except httpx.TimeoutException:
+            raise asyncio.TimeoutError from None
+        except _HTTPX_CONN as e:
+            raise connection_error(url, e, maybe_sent=True) from e
+        return RawResponse(r.status_code, r.headers, r.content)
+
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
         req = self.client.build_request("POST", url, content=body, headers=dict(headers), timeout=timeout)
         try:
@@ -237,6 +260,20 @@ class SyncHttpxEngine:
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
         return await asyncio.get_running_loop().run_in_executor(None, self._post, url, body, headers, timeout)
+
+    def _get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
+        try:
+            r = self.client.get(url, headers=dict(headers), timeout=timeout)
+        except _HTTPX_NOT_SENT as e:
+            raise connection_error(url, e, maybe_sent=False) from e
+        except httpx.TimeoutException:
+            raise asyncio.TimeoutError from None
+        except _HTTPX_CONN as e:
+            raise connection_error(url, e, maybe_sent=True) from e
+        return RawResponse(r.status_code, r.headers, r.content)
+
+    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
+        return await asyncio.get_running_loop().run_in_executor(None, self._get, url, headers, timeout)
 
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
         # A sync client cannot hand lines to the loop as they come; read the whole stream, then replay it.

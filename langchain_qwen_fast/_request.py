@@ -22,7 +22,7 @@ _LIST_SAFE = frozenset({
     "model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty",
     "frequency_penalty", "repetition_penalty", "seed", "stop", "stop_token_ids", "ignore_eos",
     "min_tokens", "skip_special_tokens", "spaces_between_special_tokens", "include_stop_str_in_output",
-    "user", "logit_bias", "return_token_ids",
+    "user", "logit_bias", "return_token_ids", "priority",
 })
 #: Keyword arguments LangChain passes along that are not request parameters.
 _INTERNAL = ("ls_structured_output_format", "structured_output_format", "run_manager")
@@ -41,6 +41,7 @@ class CallSpec:
     list_eligible: bool
     list_key: bytes | None
     list_params: dict[str, Any] | None
+    priority: int = 0
 
 
 def _merge_template_kwargs(params: dict[str, Any], thinking: bool | None, default: bool) -> bool:
@@ -61,12 +62,21 @@ def _merge_template_kwargs(params: dict[str, Any], thinking: bool | None, defaul
 def build_spec(
     base: Mapping[str, Any], headers: Mapping[str, str], timeout: float | None, model: str,
     default_thinking: bool, wire_mode: str, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any],
+    *, priority: int = 0, server_priority: bool = False,
 ) -> CallSpec:
-    """Merge per-call kwargs over the model's parameters (as ChatOpenAI does) and pick the wire."""
+    """Merge per-call kwargs over the model's parameters (as ChatOpenAI does) and pick the wire.
+
+    ``priority`` orders the client's queue (higher first); with ``server_priority`` it is also sent
+    as vLLM's request ``priority``, whose convention is the opposite (lower is handled first).
+    """
     kw = dict(kwargs)
     for k in _INTERNAL:
         kw.pop(k, None)
     thinking = kw.pop("enable_thinking", None)
+    prio = kw.pop("priority", None)
+    prio = priority if prio is None else prio
+    if not isinstance(prio, int) or isinstance(prio, bool):
+        raise ValueError(f"priority must be an integer (higher is served first), got {prio!r}")
     extra = kw.pop("extra_body", None) or {}
     params = {**base, **kw}
     for k, v in extra.items():
@@ -84,6 +94,8 @@ def build_spec(
     if params.get("n") == 1:
         params.pop("n")  # the server default; dropping it keeps the call eligible for lists
     thinking_on = _merge_template_kwargs(params, thinking, default_thinking)
+    if server_priority:
+        params["priority"] = -prio
     params = {k: v for k, v in params.items() if v is not None}
 
     eligible = (
@@ -102,7 +114,7 @@ def build_spec(
         # (and on every sampling parameter) may share one: two instances with different api keys
         # share a dispatcher, never a request.
         list_key = orjson.dumps([list_params, sorted(headers.items()), timeout], option=orjson.OPT_SORT_KEYS)
-    return CallSpec(params, headers, timeout, model, thinking_on, eligible, list_key, list_params)
+    return CallSpec(params, headers, timeout, model, thinking_on, eligible, list_key, list_params, prio)
 
 
 def make_item(spec: CallSpec, messages: Sequence[BaseMessage]) -> Item:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
@@ -55,6 +56,10 @@ class Runtime:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
+        # Sync functions that LangChain runs from async code (a RunnableLambda inside run_batch) go to
+        # the loop's default executor; asyncio's default of min(32, cpu+4) threads would cap them at 6.
+        threads = int(os.environ.get("QWEN_FAST_SYNC_THREADS", "256"))
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qwen-fast-sync"))
         self.loop.call_soon(self._ready.set)
         self.loop.set_exception_handler(self._on_loop_error)
         self.loop.run_forever()

@@ -73,7 +73,8 @@ class EndpointStats:
 
 
 class DispatchStats:
-    __slots__ = ("batch_sizes", "batches", "cancelled", "item_latency", "items", "items_failed", "queue_wait", "splits")
+    __slots__ = ("batch_sizes", "batches", "cancelled", "flow_wait", "item_latency", "items", "items_failed",
+                 "priority_wait", "queue_wait", "splits")
 
     def __init__(self) -> None:
         self.items = 0
@@ -84,6 +85,22 @@ class DispatchStats:
         self.batch_sizes: Counter[int] = Counter()
         self.queue_wait = Ring()
         self.item_latency = Ring()
+        self.flow_wait: dict[str, Ring] = {}  # by flow kind: batch, single, stream
+        self.priority_wait: dict[int, Ring] = {}
+
+    def waited(self, seconds: float, flow: Any) -> None:
+        """Queue wait of one admitted item, overall, by its flow's kind and by its priority."""
+        self.queue_wait.add(seconds)
+        if flow is None:
+            return
+        ring = self.flow_wait.get(flow.kind)
+        if ring is None:
+            ring = self.flow_wait[flow.kind] = Ring()
+        ring.add(seconds)
+        ring = self.priority_wait.get(flow.priority)
+        if ring is None:
+            ring = self.priority_wait[flow.priority] = Ring()
+        ring.add(seconds)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -95,4 +112,6 @@ class DispatchStats:
             "batch_size_histogram": dict(sorted(self.batch_sizes.items())),
             "queue_wait_s": self.queue_wait.summary(),
             "latency_s": self.item_latency.summary(),
+            "flows": {k: {"queue_wait_s": r.summary()} for k, r in sorted(self.flow_wait.items())},
+            "priorities": {p: {"queue_wait_s": r.summary()} for p, r in sorted(self.priority_wait.items())},
         }

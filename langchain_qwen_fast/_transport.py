@@ -1,11 +1,13 @@
 """Transport: replicas, retries, the per-call deadline, error mapping and SSE, over one engine.
 
 A call's first attempt goes straight to the engine: a success pays nothing for the retry machinery.
-A retryable failure (connection error, 408, 429, 5xx) hands the call to tenacity: exponential
-backoff with jitter, ``Retry-After`` honoured, at most ``max_retries`` more attempts, none
-started or slept past the deadline. With several replicas each attempt goes to the healthy one
-with the fewest outstanding requests, a retry prefers another replica than the one that failed,
-and a replica that fails repeatedly is ejected for a while.
+A retryable failure (connection error, 408, 429, 5xx) hands the call to tenacity: at most
+``max_retries`` more attempts, none started or slept past the deadline. The first attempt goes to
+the replica the dispatcher admitted the call on (:class:`~langchain_qwen_fast._replicas.Lease`); a
+retry never returns to the replica that just failed while another is healthy, and goes there at
+once. Only a retry on the same replica waits: exponential backoff with jitter, ``Retry-After``
+honoured. Health bookkeeping (ejection, 503 pauses, probes) lives in ``_replicas.py``; the probe's
+HTTP is here.
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Any, TypeVar
 
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -26,31 +28,33 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from langchain_qwen_fast._engines import Engine, RawResponse, StreamHandle
 from langchain_qwen_fast._errors import (
     APIConnectionError,
-    ServerError,
     connection_error,
     deadline_error,
     from_status,
     invalid_body,
     is_retryable,
-    redact_url,
     server_message,
 )
-from langchain_qwen_fast._stats import EndpointStats
+from langchain_qwen_fast._replicas import Lease, Replica, ReplicaSet
 
 log = logging.getLogger("langchain_qwen_fast")
 T = TypeVar("T")
-#: One try: (replica to avoid, whether it is a retry) -> (the replica used, the result).
-_Attempt = Callable[[Optional["Endpoint"], bool], Awaitable[T]]
+#: One try: (the replica to send to, whether it is a retry) -> (the replica used, the result).
+_Attempt = Callable[[Replica, bool], Awaitable[T]]
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How often and how patiently a call is retried (replica health is ``_replicas.HealthPolicy``)."""
+
     max_retries: int = 2
     backoff_base: float = 0.5
     backoff_max: float = 8.0
     retry_after_max: float = 60.0
-    eject_after: int = 3
-    eject_seconds: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 #: The deadline of a call whose ``timeout`` is None (the openai SDK's default, too).
@@ -83,53 +87,36 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}{f' {status}' if status else ''}{f' from {url}' if url else ''}"
 
 
-class Endpoint:
-    """One replica's base URL and the health state routing reads."""
-
-    __slots__ = ("base", "ejected_until", "failures", "outstanding", "stats")
-
-    def __init__(self, base: str) -> None:
-        self.base = base.rstrip("/")
-        self.outstanding = 0
-        self.failures = 0
-        self.ejected_until = 0.0
-        self.stats = EndpointStats()
-
-
 class Transport:
-    def __init__(self, base_urls: Sequence[str], engine: Engine, retry: RetryPolicy) -> None:
-        if not base_urls:
-            raise ValueError("at least one base_url is needed")
-        self.endpoints = [Endpoint(u) for u in base_urls]
+    def __init__(self, replicas: ReplicaSet, engine: Engine, retry: RetryPolicy) -> None:
+        self.replicas = replicas
         self.engine = engine
         self.retry = retry
-        self._rr = 0
+        replicas.prober = self.probe
 
-    # -- routing -------------------------------------------------------------------------
-    def _pick(self, avoid: Endpoint | None) -> Endpoint:
-        eps = self.endpoints
-        if len(eps) == 1:
-            return eps[0]
-        now = time.monotonic()
-        healthy = [e for e in eps if e.ejected_until <= now and e is not avoid] or [
-            e for e in eps if e.ejected_until <= now
-        ]
-        if not healthy:  # all ejected: try the one whose ejection ends first
-            return min(eps, key=lambda e: e.ejected_until)
-        self._rr = (self._rr + 1) % len(healthy)
-        rotated = healthy[self._rr :] + healthy[: self._rr]
-        return min(rotated, key=lambda e: e.outstanding)
-
-    def _record_failure(self, ep: Endpoint, exc: BaseException) -> None:
-        ep.stats.error(type(exc).__name__)
+    def _record_failure(self, ep: Replica, exc: BaseException) -> None:
+        self.replicas.failed(ep, exc)
         with contextlib.suppress(AttributeError):
-            exc._endpoint = ep  # type: ignore[attr-defined]  # lets a retry avoid this replica
-        if isinstance(exc, (APIConnectionError, ServerError)):
-            ep.failures += 1
-            if ep.failures >= self.retry.eject_after and len(self.endpoints) > 1:
-                ep.ejected_until = time.monotonic() + self.retry.eject_seconds
-                log.debug("ejecting replica %s for %.1fs after %d failures", redact_url(ep.base),
-                          self.retry.eject_seconds, ep.failures)
+            exc._replica = ep  # type: ignore[attr-defined]  # lets a retry avoid this replica
+
+    async def probe(self, r: Replica) -> str | None:
+        """None when ``r`` answers HTTP again: ``/health`` 200 (vLLM, SGLang), or where a router has
+        no ``/health``, any non-5xx answer of ``/v1/models``; else why not."""
+        timeout = self.replicas.health.probe_timeout_s
+        root = r.base[: -len("/v1")] if r.base.endswith("/v1") else r.base
+        try:
+            raw = await asyncio.wait_for(self.engine.get(root + "/health", {}, timeout), timeout)
+            if raw.status == 200:
+                return None
+            if raw.status in (404, 405):
+                raw = await asyncio.wait_for(self.engine.get(r.base + "/models", {}, timeout), timeout)
+                if raw.status < 500:
+                    return None
+            return f"health probe answered HTTP {raw.status}"
+        except asyncio.TimeoutError:
+            return f"health probe timed out after {timeout} s"
+        except Exception as e:
+            return f"{type(e).__name__}: {e}"
 
     # -- one attempt ---------------------------------------------------------------------
     @staticmethod
@@ -141,9 +128,9 @@ class Transport:
 
     async def _attempt(
         self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
-        avoid: Endpoint | None, retry: bool = False,
-    ) -> tuple[Endpoint, Any]:
-        ep = self._pick(avoid)
+        lease: Lease, ep: Replica, retry: bool = False,
+    ) -> tuple[Replica, Any]:
+        self.replicas.move(lease, ep)
         ep.stats.retries += retry
         url = ep.base + path
         left = self._remaining(deadline, url, timeout)
@@ -164,8 +151,7 @@ class Transport:
             raise
         finally:
             ep.outstanding -= 1
-        ep.failures = 0
-        ep.stats.ok(time.monotonic() - t0)
+        self.replicas.succeeded(ep, time.monotonic() - t0)
         return ep, data
 
     @staticmethod
@@ -202,19 +188,19 @@ class Transport:
 
     async def post_json(
         self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
-        timeout: float | None = None,
+        timeout: float | None, lease: Lease,
     ) -> Any:
         body = orjson.dumps(payload)
 
-        def attempt(avoid: Endpoint | None, retry: bool) -> Awaitable[tuple[Endpoint, Any]]:
-            return self._attempt(path, body, headers, deadline, timeout, avoid, retry)
+        def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, Any]]:
+            return self._attempt(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        return (await self._with_retries(attempt, deadline))[1]
+        return (await self._with_retries(attempt, deadline, lease.replica))[1]
 
-    async def _with_retries(self, attempt: _Attempt[T], deadline: float) -> T:
+    async def _with_retries(self, attempt: _Attempt[T], deadline: float, first_ep: Replica) -> T:
         """Run ``attempt`` once directly; on a retryable failure hand it to :meth:`_retry`."""
         try:
-            return await attempt(None, False)
+            return await attempt(first_ep, False)
         except Exception as first:
             if not is_retryable(first) or self.retry.max_retries <= 0:
                 log.debug("qwen-fast: %s, not retried", _describe(first))
@@ -224,18 +210,34 @@ class Transport:
             return await self._retry(attempt, deadline, failed)
         except Exception as last:
             log.debug("qwen-fast: giving up after %s", _describe(last))
+            if self.replicas.all_down() and isinstance(last, APIConnectionError) and is_retryable(last):
+                raise self.replicas.down_error() from last
             raise
 
+    def _next(self, attempt_no: int, exc: BaseException, deadline: float) -> tuple[Replica, float]:
+        """Where the next try goes and how long to wait first: at once on another replica, after
+        backoff (or Retry-After) on the same one."""
+        failed = getattr(exc, "_replica", None)
+        ep = self.replicas.for_retry(failed)
+        if ep is not failed and not ep.ejected:
+            log.debug("qwen-fast: retry %d of %d after %s on another replica", attempt_no,
+                      self.retry.max_retries, _describe(exc))
+            return ep, 0.0
+        return ep, self._delay(attempt_no, exc, deadline)
+
     async def _retry(self, attempt: _Attempt[T], deadline: float, first: BaseException) -> T:
-        avoid: list[Endpoint | None] = [getattr(first, "_endpoint", None)]
+        target, delay = self._next(1, first, deadline)
+        nxt = [target]
 
         def wait(state: RetryCallState) -> float:
             if state.attempt_number >= self.retry.max_retries:
                 return 0.0  # tenacity asks for the wait before its stop check: there is no next try
             exc = state.outcome.exception() if state.outcome else None
-            return self._delay(state.attempt_number + 1, exc or first, deadline)
+            nxt[0], pause = self._next(state.attempt_number + 1, exc or first, deadline)
+            return pause
 
-        await asyncio.sleep(self._delay(1, first, deadline))
+        if delay:
+            await asyncio.sleep(delay)
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.retry.max_retries),
             wait=wait,
@@ -244,19 +246,25 @@ class Transport:
         )
         async for tried in retrying:
             with tried:
-                try:
-                    return await attempt(avoid[0], True)
-                except Exception as e:
-                    avoid[0] = getattr(e, "_endpoint", None)
-                    raise
+                if self.replicas.all_down():
+                    await self._await_replica(deadline, nxt)
+                return await attempt(nxt[0], True)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _await_replica(self, deadline: float, nxt: list[Replica]) -> None:
+        """Every replica is ejected: wait for a probe to bring one back (within the call's deadline
+        and the replicas' fail-fast time), then retry there; else fail with the all-down error."""
+        left = min(deadline - time.monotonic(), self.replicas.fail_fast_in() or 0.0)
+        if not await self.replicas.wait_healthy(left):
+            raise self.replicas.down_error()
+        nxt[0] = self.replicas.for_retry(None)
 
     # -- streaming -----------------------------------------------------------------------
     async def _open(
         self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
-        avoid: Endpoint | None, retry: bool = False,
-    ) -> tuple[Endpoint, StreamHandle]:
-        ep = self._pick(avoid)
+        lease: Lease, ep: Replica, retry: bool = False,
+    ) -> tuple[Replica, StreamHandle]:
+        self.replicas.move(lease, ep)
         ep.stats.retries += retry
         url = ep.base + path
         left = self._remaining(deadline, url, timeout)
@@ -279,15 +287,15 @@ class Transport:
 
     async def stream_events(
         self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
-        timeout: float | None = None,
+        timeout: float | None, lease: Lease,
     ) -> AsyncIterator[dict[str, Any]]:
         """Yield SSE data objects. Retries happen only before the first byte of the stream."""
         body = orjson.dumps(payload)
 
-        def attempt(avoid: Endpoint | None, retry: bool) -> Awaitable[tuple[Endpoint, StreamHandle]]:
-            return self._open(path, body, headers, deadline, timeout, avoid, retry)
+        def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
+            return self._open(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        ep, handle = await self._with_retries(attempt, deadline)
+        ep, handle = await self._with_retries(attempt, deadline, lease.replica)
         url = ep.base + path
         ep.outstanding += 1
         t0, done = time.monotonic(), False
@@ -314,7 +322,7 @@ class Transport:
                 raise deadline_error(url, timeout) from None
             if not done:
                 raise connection_error(url, ValueError("the stream ended before [DONE]"), maybe_sent=True)
-            ep.stats.ok(time.monotonic() - t0)
+            self.replicas.succeeded(ep, time.monotonic() - t0)
         except Exception as e:
             self._record_failure(ep, e)
             raise
@@ -323,4 +331,9 @@ class Transport:
             await handle.close()
 
 
-__all__ = ["Endpoint", "RetryPolicy", "Transport", "parse_retry_after", "server_message"]
+    async def aclose(self) -> None:
+        await self.replicas.aclose()
+        await self.engine.aclose()
+
+
+__all__ = ["RetryPolicy", "Transport", "parse_retry_after", "server_message"]

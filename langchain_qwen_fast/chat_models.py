@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-import threading
-import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
@@ -21,14 +19,23 @@ from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
 from langchain_qwen_fast import _bridge, _structured
-from langchain_qwen_fast._batch import abatch_fast, batch_fast
+from langchain_qwen_fast._batch import (
+    Lane,
+    abatch_as_completed_fast,
+    abatch_fast,
+    batch_as_completed_fast,
+    batch_fast,
+)
 from langchain_qwen_fast._batcher import DispatchConfig, Dispatcher
 from langchain_qwen_fast._convert import StreamAssembler
-from langchain_qwen_fast._engines import Limits, make_engine
-from langchain_qwen_fast._errors import ClientClosedError
+from langchain_qwen_fast._engines import Limits
+from langchain_qwen_fast._errors import redact_url
+from langchain_qwen_fast._pool import ModelPool, PoolSettings
+from langchain_qwen_fast._replicas import HealthPolicy, RoutingPolicy
 from langchain_qwen_fast._request import CallSpec, build_spec, make_item
-from langchain_qwen_fast._runtime import Runtime, get_runtime
-from langchain_qwen_fast._transport import RetryPolicy, Transport, deadline_for
+from langchain_qwen_fast._runtime import Runtime
+from langchain_qwen_fast._scheduler import Flow
+from langchain_qwen_fast._transport import RetryPolicy
 
 #: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
 _UNSUPPORTED = {
@@ -58,19 +65,13 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-class _Lease:
-    __slots__ = ("closed", "disp", "key", "rt")
-
-    def __init__(self, rt: Runtime, key: Any, disp: Dispatcher) -> None:
-        self.rt, self.key, self.disp, self.closed = rt, key, disp, False
-
-
 class BatchedChatQwen(BaseChatModel):
     """Drop-in ``ChatOpenAI`` for Qwen3 on vLLM/SGLang that keeps the server busy from any caller.
 
     Sync ``.batch`` is one submission to a background loop (no thread pool); ``.abatch`` is
-    bounded by a pool-wide admission limit; every instance with the same endpoint settings shares
-    one connection pool and one dispatcher. README.md lists every field and its default.
+    bounded by an admission limit per server; every instance with the same endpoint settings shares
+    one connection pool and one dispatcher, which serves its callers in turn. README.md and
+    docs/configuration.md list every field and its default.
     """
 
     model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
@@ -111,16 +112,25 @@ class BatchedChatQwen(BaseChatModel):
     top_k: int | None = None
     min_p: float | None = None
     wire_mode: Literal["chat", "completions"] = "completions"
+    #: Sequences in flight at once on each server of ``base_url`` (a completions list of 32 is 32).
     max_concurrency: int = Field(default=512, ge=1)
+    #: An optional cap on the sum over all servers (None: N servers hold N x max_concurrency).
+    max_total_concurrency: int | None = Field(default=None, ge=1)
+    #: Sequences per server kept free of bulk work (batch/abatch) for single calls and streams.
+    interactive_headroom: int = Field(default=0, ge=0)
+    #: How a replica is chosen: least sequences in flight, or prefix affinity for shared system prompts.
+    routing: Literal["least_outstanding", "prefix_affinity"] = "least_outstanding"
+    #: Higher is served first by the client's queue (per call: ``priority=`` kwarg or ``.bind``).
+    priority: int = 0
+    #: Also send the priority to the server (vLLM started with ``--scheduling-policy priority``).
+    server_priority: bool = False
     max_batch_size: int = Field(default=32, ge=1)
     max_wait_ms: float = Field(default=2.0, ge=0)
     max_batch_tokens: int = Field(default=32768, ge=1)
     max_connections: int = Field(default=2048, ge=1)
     http_engine: Literal["aiohttp", "httpx"] = "aiohttp"
 
-    _lease: _Lease | None = PrivateAttr(default=None)
-    _closed: bool = PrivateAttr(default=False)
-    _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _pool: ModelPool = PrivateAttr(default_factory=ModelPool)
 
     # -- validation -------------------------------------------------------------------------------
     @model_validator(mode="before")
@@ -159,12 +169,23 @@ class BatchedChatQwen(BaseChatModel):
         read = getattr(v, "read", None)  # httpx.Timeout
         return float(read) if read is not None else None
 
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _split_base_url(cls, v: Any) -> Any:
+        # QWEN_BASE_URL=http://a:8000/v1,http://b:8000/v1 (what `qwen-fast engines` prints) is a list.
+        if isinstance(v, str) and "," in v:
+            return [u.strip() for u in v.split(",") if u.strip()]
+        return v
+
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, v: str | list[str]) -> str | list[str]:
         urls = [v] if isinstance(v, str) else list(v)
         if not urls:
             raise ValueError("base_url list is empty")
+        seen = {u.rstrip("/") for u in urls}
+        if len(seen) != len(urls):
+            raise ValueError("base_url lists the same server twice; list each replica once")
         for u in urls:
             parts = urlsplit(u)
             if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -185,6 +206,13 @@ class BatchedChatQwen(BaseChatModel):
                         stacklevel=3,
                     )
         return self
+
+    def __repr_args__(self) -> Any:
+        # A base_url may carry user:pass@ credentials; repr shows it redacted, as error messages do.
+        for k, v in super().__repr_args__():
+            if k == "base_url":
+                v = redact_url(v) if isinstance(v, str) else [redact_url(u) for u in v]
+            yield k, v
 
     # -- LangChain identity ----------------------------------------------------------------------
     @property
@@ -255,38 +283,26 @@ class BatchedChatQwen(BaseChatModel):
         return ls
 
     # -- the shared pool ---------------------------------------------------------------------------
+    def _pool_settings(self) -> PoolSettings:
+        return PoolSettings(
+            urls=tuple(self.base_urls),
+            engine=self.http_engine,
+            per_replica=self.max_concurrency,
+            total=self.max_total_concurrency,
+            headroom=self.interactive_headroom,
+            dispatch=DispatchConfig(
+                max_batch_size=self.max_batch_size, max_wait_ms=self.max_wait_ms, max_batch_tokens=self.max_batch_tokens
+            ),
+            limits=Limits(max_connections=self.max_connections),
+            retry=RetryPolicy(max_retries=max(0, self.max_retries)),
+            health=HealthPolicy(),
+            routing=RoutingPolicy(mode=self.routing),
+            async_client=self.http_async_client,
+            sync_client=self.http_client,
+        )
+
     def _dispatcher(self) -> tuple[Runtime, Dispatcher]:
-        lease = self._lease
-        rt = get_runtime()
-        if lease is not None and not lease.closed and lease.rt is rt:
-            return rt, lease.disp
-        with self._lock:
-            if self._closed:
-                raise ClientClosedError("this BatchedChatQwen was closed; create a new instance to call it again")
-            lease = self._lease  # another thread may have leased the pool while this one waited for the lock
-            if lease is not None and not lease.closed and lease.rt is rt:
-                return rt, lease.disp
-            cfg = DispatchConfig(self.max_concurrency, self.max_batch_size, self.max_wait_ms, self.max_batch_tokens)
-            limits = Limits(max_connections=self.max_connections)
-            retry = RetryPolicy(max_retries=max(0, self.max_retries))
-            key = (
-                "dispatcher",
-                tuple(self.base_urls),
-                self.http_engine,
-                id(self.http_async_client),
-                id(self.http_client),
-                retry,
-                cfg,
-                limits,
-            )
-            urls, engine_kind, ac, sc = self.base_urls, self.http_engine, self.http_async_client, self.http_client
-
-            def factory() -> Dispatcher:
-                return Dispatcher(Transport(urls, make_engine(engine_kind, limits, ac, sc), retry), cfg)
-
-            disp = rt.acquire(key, factory)
-            self._lease = _Lease(rt, key, disp)  # type: ignore[arg-type]
-            return rt, disp  # type: ignore[return-value]
+        return self._pool.get(self._pool_settings)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -318,21 +334,16 @@ class BatchedChatQwen(BaseChatModel):
             "chat" if stream else self.wire_mode,
             stop,
             kwargs,
+            priority=self.priority,
+            server_priority=self.server_priority,
         )
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot: items, batches, batch sizes, queue wait, latency, retries and errors per endpoint."""
+        """A snapshot: items, batches, batch sizes, queue wait (overall, per flow kind, per priority),
+        latency, and per server (credentials redacted): requests, retries, errors, sequences in flight,
+        health and the last error."""
         _, disp = self._dispatcher()
-        snap = disp.snapshot()
-        snap["endpoints"] = {
-            ep.base: {
-                **ep.stats.snapshot(),
-                "outstanding": ep.outstanding,
-                "ejected": ep.ejected_until > time.monotonic(),
-            }
-            for ep in disp.transport.endpoints
-        }
-        return snap
+        return disp.snapshot()
 
     # -- generation hooks --------------------------------------------------------------------------
     def _generate(
@@ -342,9 +353,10 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        item = make_item(self._spec(stop, kwargs), messages)
+        spec = self._spec(stop, kwargs)
+        item = make_item(spec, messages)
         rt, disp = self._dispatcher()
-        return _bridge.call_one(rt, disp, item)  # type: ignore[no-any-return]
+        return _bridge.call_one(rt, disp, item, spec.priority)  # type: ignore[no-any-return]
 
     async def _agenerate(
         self,
@@ -353,13 +365,14 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        item = make_item(self._spec(stop, kwargs), messages)
+        spec = self._spec(stop, kwargs)
+        item = make_item(spec, messages)
         rt, disp = self._dispatcher()
-        return await _bridge.acall_one(rt, disp, item)  # type: ignore[no-any-return]
+        return await _bridge.acall_one(rt, disp, item, spec.priority)  # type: ignore[no-any-return]
 
     def _stream_opener(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
-    ) -> tuple[Runtime, Dispatcher, Callable[[], AsyncIterator[Any]]]:
+    ) -> tuple[Runtime, Callable[[], AsyncIterator[Any]]]:
         kwargs.pop("stream", None)
         usage = kwargs.pop("stream_usage", None)
         spec = self._spec(stop, kwargs, stream=True)
@@ -370,10 +383,9 @@ class BatchedChatQwen(BaseChatModel):
         rt, disp = self._dispatcher()
 
         def open_events() -> AsyncIterator[Any]:
-            deadline = deadline_for(spec.timeout)
-            return disp.transport.stream_events("/chat/completions", payload, spec.headers, deadline, spec.timeout)
+            return disp.stream("/chat/completions", payload, spec.headers, spec.timeout, Flow("stream", spec.priority))
 
-        return rt, disp, open_events
+        return rt, open_events
 
     @staticmethod
     def _mark_last(chunks: Iterator[ChatGenerationChunk]) -> Iterator[ChatGenerationChunk]:
@@ -394,9 +406,9 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        rt, disp, opener = self._stream_opener(messages, stop, kwargs)
+        rt, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
-        converted = (asm.convert(ev) for ev in _bridge.stream_events(rt, disp, opener))
+        converted = (asm.convert(ev) for ev in _bridge.stream_events(rt, opener))
         yield from self._mark_last(c for c in converted if c is not None)
 
     async def _astream(
@@ -406,10 +418,10 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        rt, disp, opener = self._stream_opener(messages, stop, kwargs)
+        rt, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
         prev: ChatGenerationChunk | None = None
-        async for ev in _bridge.astream_events(rt, disp, opener):
+        async for ev in _bridge.astream_events(rt, opener):
             chunk = asm.convert(ev)
             if chunk is None:
                 continue
@@ -422,6 +434,10 @@ class BatchedChatQwen(BaseChatModel):
             yield prev
 
     # -- batch: one submission, bounded, no thread pool ---------------------------------------------
+    def _lane(self) -> Lane:
+        return Lane(self._dispatcher, self._spec, self.max_concurrency,
+                    "streaming" in self.model_fields_set and self.streaming)
+
     def batch(
         self,
         inputs: list[LanguageModelInput],
@@ -430,7 +446,7 @@ class BatchedChatQwen(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        return batch_fast(self, inputs, config, return_exceptions, kwargs)
+        return batch_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
 
     async def abatch(
         self,
@@ -440,7 +456,28 @@ class BatchedChatQwen(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        return await abatch_fast(self, inputs, config, return_exceptions, kwargs)
+        return await abatch_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+
+    def batch_as_completed(  # type: ignore[override]
+        self,
+        inputs: Sequence[LanguageModelInput],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> Iterator[tuple[int, Any]]:
+        """``(index, output)`` as each input finishes: one submission, as ``batch``, not a thread pool."""
+        return batch_as_completed_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+
+    def abatch_as_completed(  # type: ignore[override]
+        self,
+        inputs: Sequence[LanguageModelInput],
+        config: RunnableConfig | Sequence[RunnableConfig] | None = None,
+        *,
+        return_exceptions: bool = False,
+        **kwargs: Any,
+    ) -> AsyncIterator[tuple[int, Any]]:
+        return abatch_as_completed_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
 
     # -- tools and structure -------------------------------------------------------------------------
     def bind_tools(
@@ -472,22 +509,10 @@ class BatchedChatQwen(BaseChatModel):
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:
         """End this instance's use of the shared pool; the pool closes with its last user."""
-        with self._lock:
-            self._closed = True
-            lease, self._lease = self._lease, None
-        if lease is not None and not lease.closed:
-            lease.closed = True
-            lease.rt.release_sync(lease.key)
+        self._pool.close()
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._closed = True
-            lease, self._lease = self._lease, None
-        if lease is not None and not lease.closed:
-            lease.closed = True
-            pending = lease.rt.release(lease.key)
-            if pending is not None:
-                await pending
+        await self._pool.aclose()
 
     def __enter__(self) -> BatchedChatQwen:
         return self

@@ -424,15 +424,15 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
 def test_threads_racing_into_the_first_call_take_one_pool_reference(
     zero: SimServer, make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from langchain_qwen_fast import chat_models
+    from langchain_qwen_fast import _pool
 
-    real = chat_models.get_runtime
+    real = _pool.get_runtime
 
     def slow_get_runtime() -> Any:  # widens the window a cold start has (the loop thread starting)
         time.sleep(0.05)
         return real()
 
-    monkeypatch.setattr(chat_models, "get_runtime", slow_get_runtime)
+    monkeypatch.setattr(_pool, "get_runtime", slow_get_runtime)
     model = make_model(zero, max_wait_ms=4.5)  # a pool of its own
     led = Ledger("16 threads making a model's first call together, then close()")
     barrier = threading.Barrier(16)
@@ -451,7 +451,7 @@ def test_threads_racing_into_the_first_call_take_one_pool_reference(
     for t in threads:
         t.join(20)
     led.check(min_answered=16, record=False)
-    rt, key = real(), model._lease.key  # type: ignore[union-attr]
+    rt, key = real(), model._pool._lease.key  # type: ignore[union-attr]
     refs = rt._shared[key][1]
     model.close()
     assert refs == 1 and key not in rt._shared, f"{refs} references for one model; pool left open"

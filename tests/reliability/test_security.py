@@ -102,7 +102,8 @@ def test_api_key_never_appears_anywhere(
         warnings.simplefilter("always")
         errors, models = _exercise(zero, make_model, led)
     tally = led.check(min_answered=10, min_failed=10)
-    assert {"AuthenticationError", "ServerError", "BadRequestError", "APIConnectionError"} <= set(tally.errors)
+    kinds = {"APIConnectionError" if k == "AllReplicasDownError" else k for k in tally.errors}  # a subclass
+    assert {"AuthenticationError", "ServerError", "BadRequestError", "APIConnectionError"} <= kinds
     assert models[0].api_key is not None and models[0].api_key.get_secret_value() == KEY  # it was in use
 
     haystack = [

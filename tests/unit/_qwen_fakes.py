@@ -68,14 +68,25 @@ def echo(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
 
 
 class Recorder:
-    """A MockTransport handler that records each request (path, headers, JSON body)."""
+    """A MockTransport handler that records each request (path, headers, JSON body).
+
+    GETs are the replicas' health probes (``/health``, ``/v1/models``): recorded apart in
+    ``probes`` and answered by ``probe`` (200 unless a test says otherwise), so ``requests`` and
+    ``count`` are the generation requests alone.
+    """
 
     def __init__(self, respond: Callable[[dict[str, Any], httpx.Request], Any] = echo) -> None:
         self.respond = respond
         self.requests: list[dict[str, Any]] = []
+        self.probes: list[str] = []
+        self.probe: Callable[[httpx.Request], Any] = lambda request: httpx.Response(200)
         self._lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> Any:
+        if request.method == "GET":
+            with self._lock:
+                self.probes.append(str(request.url))
+            return self.probe(request)
         try:
             payload = json.loads(request.content) if request.content else {}
         except ValueError:

@@ -1,0 +1,153 @@
+"""The replicas plan: several engines, the raw ceiling over all of them, and the package at default settings.
+
+    python -m langchain_qwen_fast.bench.replicas [--servers 1,3] [--rounds 3] [--n 3000] [--max-tokens 32]
+        [--base-url URL ...] [--out DIR]
+
+Without ``--base-url`` it starts simulated engines (``--latency h100``, one process each) on
+loopback. For each engine count it runs, interleaved over rounds: raw ``/v1/completions`` lists of
+32 prompts with 16 lists in flight per engine, each list to the engine with the fewest sequences in
+flight (the best raw strategy measured on the GPU), and ``BatchedChatQwen`` ``.batch`` and
+``.abatch`` with the engine list and nothing else set. Ratios to the raw ceiling are taken within
+each round. Rows are JSON lines (``replicas_*.jsonl``) beside a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from langchain_qwen_fast.bench import scenarios as S
+
+
+async def _raw_lists(urls: list[str], w: S.Workload, per_server: int, batch: int) -> tuple[list[float], int, int]:
+    import aiohttp
+    import orjson
+
+    ps = S.prompts(w.n)
+    bodies = [
+        {"model": w.model, "prompt": [S._chatml(q) for q in ps[k : k + batch]], "max_tokens": w.max_tokens,
+         "temperature": w.temperature, **w.extra}
+        for k in range(0, len(ps), batch)
+    ]
+    outstanding = dict.fromkeys(urls, 0)
+    lat: list[float] = []
+    toks = errors = 0
+    sem = asyncio.Semaphore(per_server * len(urls))
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {w.api_key}"}
+    conn = aiohttp.TCPConnector(limit=per_server * len(urls) + 8)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
+
+        async def post(body: dict[str, Any]) -> None:
+            nonlocal toks, errors
+            k = len(body["prompt"])
+            async with sem:
+                url = min(urls, key=lambda u: outstanding[u])
+                outstanding[url] += k
+                t = time.perf_counter()
+                try:
+                    async with s.post(url.rstrip("/") + "/completions", data=orjson.dumps(body), headers=headers) as r:
+                        toks += orjson.loads(await r.read())["usage"]["completion_tokens"]
+                except Exception:
+                    errors += k
+                finally:
+                    outstanding[url] -= k
+                    lat.extend([time.perf_counter() - t] * k)
+
+        await asyncio.gather(*(post(b) for b in bodies))
+    return lat, toks, errors
+
+
+def raw_scenario(urls: list[str], w: S.Workload, per_server: int = 16, batch: int = 32) -> dict[str, Any]:
+    (lat, toks, errors), wall, cpu = S._timed(lambda: asyncio.run(_raw_lists(urls, w, per_server, batch)))
+    return S._result(f"raw_lists_x{len(urls)}", w, wall, cpu, lat, toks, errors, client="aiohttp", engines=len(urls))
+
+
+def qwen_scenario(urls: list[str], w: S.Workload, how: str, **fields: Any) -> dict[str, Any]:
+    wk = S.Workload(base_url=urls if len(urls) > 1 else urls[0], model=w.model, max_tokens=w.max_tokens,  # type: ignore[arg-type]
+                    n=w.n, temperature=w.temperature, api_key=w.api_key)
+    model = S.qwen_model(wk, **fields)
+    tag = "".join(f"_{k}{v}" for k, v in sorted(fields.items()))
+    out = S._lc_run(f"qwen_{how}_x{len(urls)}{tag}", wk, model, how, client="BatchedChatQwen", engines=len(urls))
+    out["dispatcher_max_in_flight"] = model.stats()["max_in_flight"]
+    return out
+
+
+def plan(counts: list[int], urls: list[str]) -> list[tuple[str, Any]]:
+    steps: list[tuple[str, Any]] = []
+    for k in counts:
+        sub = urls[:k]
+        steps.append((f"raw_lists_x{k}", lambda w, u=sub: raw_scenario(u, w)))
+        steps.append((f"qwen_batch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "batch")))
+        steps.append((f"qwen_abatch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "abatch")))
+    return steps
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: per engine count, each scenario's req/s and its within-round ratio to raw lists."""
+    out = ["| engines | scenario | req/s (median) | x raw lists, per round (median, range) |", "|---|---|---|---|"]
+    by_round: dict[tuple[int, int], dict[str, float]] = {}
+    for r in rows:
+        if r.get("req_s"):
+            by_round.setdefault((r["engines"], r["round"]), {})[r["scenario"]] = r["req_s"]
+    engines = sorted({e for e, _ in by_round})
+    for e in engines:
+        rounds = [v for (k, _), v in sorted(by_round.items()) if k == e]
+        names = sorted({n for v in rounds for n in v}, key=lambda n: (not n.startswith("raw"), n))
+        for name in names:
+            vals = [v[name] for v in rounds if name in v]
+            rel = [v[name] / v[f"raw_lists_x{e}"] for v in rounds if name in v and v.get(f"raw_lists_x{e}")]
+            spread = f"{statistics.median(rel):.2f}x ({min(rel):.2f}-{max(rel):.2f})" if rel else "-"
+            out.append(f"| {e} | {name} | {statistics.median(vals):.1f} | {spread} |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.replicas", description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--servers", default="1,3", help="engine counts to compare, comma-separated")
+    ap.add_argument("--base-url", action="append", default=[], help="an engine (repeat); default: simulated engines")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    ap.add_argument("--n", type=int, default=3000, help="requests per run")
+    ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (ignore_eos)")
+    ap.add_argument("--model", default="Qwen-0.6B", help="served model name")
+    ap.add_argument("--out", default="qwen-fast-bench", help="folder for the JSON lines and the table")
+    a = ap.parse_args(argv)
+    counts = [int(x) for x in a.servers.split(",")]
+    folder = Path(a.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"replicas_m{a.max_tokens}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        urls = list(a.base_url)
+        if not urls:
+            from langchain_qwen_fast.testing import SimConfig, SimServer
+
+            urls = [stack.enter_context(SimServer(SimConfig(latency="h100", seed=i))).base_url
+                    for i in range(max(counts))]
+        w = S.Workload(base_url=urls[0], model=a.model, max_tokens=a.max_tokens, n=a.n)
+        warm = S.Workload(base_url=urls[0], model=a.model, max_tokens=a.max_tokens, n=256)
+        raw_scenario(urls, warm)
+        qwen_scenario(urls, warm, "batch")
+        for rnd in range(a.rounds):
+            for name, fn in plan(counts, urls):
+                row = fn(w)
+                row.update(round=rnd, t=time.time())
+                rows.append(row)
+                with path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"round {rnd} {name:18s} {row['req_s']:8.1f} req/s  errors {row['errors']}", flush=True)
+    table = "\n".join(ratios(rows))
+    (path.with_suffix(".md")).write_text(table + "\n")
+    print(table)
+    print(f"\nrows in {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

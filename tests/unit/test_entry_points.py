@@ -1,0 +1,140 @@
+"""Every LangChain entry point at full concurrency: ``batch_as_completed``, ``abatch_as_completed`` and
+``run_batch`` over thread-bound compositions, counted at a loopback server (50 ms per request)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+from langchain_core.callbacks import BaseCallbackHandler
+from langchain_core.runnables import RunnableLambda, RunnableParallel
+
+from langchain_qwen_fast import BatchedChatQwen, run_batch, run_batch_as_completed
+
+N = 300
+
+
+def model_for(server: Any, **fields: Any) -> BatchedChatQwen:
+    # chat wire: one request per input, so requests in flight at the server are sequences in flight
+    return BatchedChatQwen(base_url=f"http://127.0.0.1:{server.port}/v1", model="m", wire_mode="chat", **fields)
+
+
+class Ends(BaseCallbackHandler):
+    def __init__(self) -> None:
+        self.ended = 0
+        self.lock = threading.Lock()
+
+    def on_llm_end(self, response: Any, **kw: Any) -> None:
+        with self.lock:
+            self.ended += 1
+
+
+def test_batch_as_completed_keeps_every_input_in_flight_and_yields_each_once(local_server: Any) -> None:
+    server = local_server(delay=0.05)
+    llm = model_for(server)
+    ends = Ends()
+    prompts = [f"q-{i}" for i in range(N)]
+    seen: dict[int, Any] = {}
+    for i, out in llm.batch_as_completed(prompts, config={"callbacks": [ends]}):
+        assert i not in seen
+        seen[i] = out
+    assert sorted(seen) == list(range(N))
+    assert all(seen[i].content == f"echo:q-{i}" for i in range(N))
+    assert server.max_in_flight >= 0.9 * N, server.max_in_flight  # LangChain's default kept 6
+    assert ends.ended == N
+    llm.close()
+
+
+async def test_abatch_as_completed_keeps_every_input_in_flight(local_server: Any) -> None:
+    server = local_server(delay=0.05)
+    llm = model_for(server)
+    got = {i: out async for i, out in llm.abatch_as_completed([f"q-{i}" for i in range(N)])}
+    assert sorted(got) == list(range(N)) and got[7].content == "echo:q-7"
+    assert server.max_in_flight >= 0.9 * N, server.max_in_flight
+    await llm.aclose()
+
+
+def test_as_completed_honours_max_concurrency_and_return_exceptions(local_server: Any) -> None:
+    server = local_server(delay=0.02)
+
+    def respond(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        text = payload["messages"][-1]["content"]
+        if text.endswith("-13"):
+            return 400, {"error": {"message": "no thirteen", "code": 400}}
+        return 200, {"id": "c", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": f"echo:{text}"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    server.respond = respond
+    llm = model_for(server)
+    outs = dict(llm.batch_as_completed([f"q-{i}" for i in range(100)], config={"max_concurrency": 20},
+                                       return_exceptions=True))
+    assert len(outs) == 100 and "no thirteen" in str(outs[13])
+    assert server.max_in_flight <= 20
+    with pytest.raises(Exception, match="no thirteen"):
+        for _ in llm.batch_as_completed([f"q-{i}" for i in range(30)]):
+            pass
+    llm.close()
+
+
+def test_leaving_batch_as_completed_early_cancels_the_rest(local_server: Any) -> None:
+    server = local_server(delay=0.2)
+    llm = model_for(server, max_concurrency=10)
+    it = llm.batch_as_completed([f"q-{i}" for i in range(200)])
+    next(it)
+    it.close()  # the caller stopped reading
+    t_end = time.monotonic() + 5
+    while llm.stats()["in_flight"] and time.monotonic() < t_end:
+        time.sleep(0.01)
+    assert llm.stats()["in_flight"] == 0 and llm.stats()["queued"] == 0
+    assert server.count < 60  # nothing more was sent after the close
+    llm.close()
+
+
+def test_run_batch_drives_a_runnable_parallel_at_full_concurrency(local_server: Any) -> None:
+    server = local_server(delay=0.05)
+    llm = model_for(server)
+    both = RunnableParallel(a=llm, b=llm)
+    outs = run_batch(both, [f"q-{i}" for i in range(N)])
+    assert len(outs) == N and outs[5]["a"].content == "echo:q-5" and outs[5]["b"].content == "echo:q-5"
+    # 600 requests: the model's admission limit (512) is the bound, not LangChain's thread pool (12)
+    assert server.max_in_flight >= 500, server.max_in_flight
+    llm.close()
+
+
+def test_run_batch_drives_a_sync_runnable_lambda_in_many_threads(local_server: Any) -> None:
+    server = local_server(delay=0.05)
+    llm = model_for(server)
+    chain = RunnableLambda(lambda q: llm.invoke(q).content.upper())
+    outs = run_batch(chain, [f"q-{i}" for i in range(N)])
+    assert outs[9] == "ECHO:Q-9"
+    assert server.max_in_flight >= 200, server.max_in_flight  # the runtime's sync pool, not asyncio's 6
+    llm.close()
+
+
+def test_run_batch_as_completed_yields_every_index_once_and_keeps_order_of_values(local_server: Any) -> None:
+    server = local_server(delay=0.05)
+    llm = model_for(server)
+    pairs = list(run_batch_as_completed(llm | RunnableLambda(lambda m: m.content), [f"q-{i}" for i in range(N)]))
+    assert sorted(i for i, _ in pairs) == list(range(N))
+    assert all(v == f"echo:q-{i}" for i, v in pairs)
+    assert server.max_in_flight >= 0.9 * N
+    llm.close()
+
+
+def test_run_batch_returns_per_item_exceptions_and_raises_without_them(local_server: Any) -> None:
+    server = local_server()
+    llm = model_for(server)
+
+    def maybe(q: str) -> str:
+        if q == "bad":
+            raise ValueError("bad input here")
+        return llm.invoke(q).content
+
+    outs = run_batch(RunnableLambda(maybe), ["a", "bad", "c"], return_exceptions=True)
+    assert outs[0] == "echo:a" and isinstance(outs[1], ValueError) and outs[2] == "echo:c"
+    with pytest.raises(ValueError, match="bad input here"):
+        run_batch(RunnableLambda(maybe), ["a", "bad"])
+    llm.close()

@@ -1,0 +1,170 @@
+"""``_scheduler.py``: per-flow queues, deficit round robin, priorities (no I/O)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from langchain_qwen_fast._batcher import Item
+from langchain_qwen_fast._scheduler import Flow, FlowPolicy, Scheduler
+
+
+def items(n: int, loop: asyncio.AbstractEventLoop, key: bytes | None = b"k", tag: str = "") -> list[Item]:
+    out = []
+    for i in range(n):
+        it = Item(payload={}, headers={}, deadline_s=None, model="m", prompt=f"{tag}{i}" if key else None, key=key,
+                  est_tokens=10)
+        it.future = loop.create_future()
+        out.append(it)
+    return out
+
+
+@pytest.fixture
+def loop() -> Any:
+    lp = asyncio.new_event_loop()
+    yield lp
+    lp.close()
+
+
+def serve(s: Scheduler, rounds: int, size: int = 32) -> list[Flow]:
+    order = []
+    for _ in range(rounds):
+        f = s.current()
+        if f is None:
+            break
+        s.collect(f, size, 10**9, 4 * size)
+        order.append(f)
+    return order
+
+
+def test_a_lone_call_is_served_after_at_most_one_list_of_a_long_backlog(loop: Any) -> None:
+    s = Scheduler()
+    bulk = Flow("batch")
+    for it in items(6000, loop):
+        s.push(bulk, it)
+    serve(s, 3)
+    single = Flow("single")
+    (one,) = items(1, loop, key=None)
+    s.push(single, one)
+    order = serve(s, 2)
+    assert single in order
+    assert len(s) == 6000 - 32 * 4 or len(s) == 6000 - 32 * 5 + 31  # the lone item left the queue
+
+
+def test_two_bulk_flows_take_turns_by_sequences(loop: Any) -> None:
+    s = Scheduler(FlowPolicy(quantum=32))
+    a, b = Flow("batch"), Flow("batch")
+    for it in items(320, loop, key=b"a"):
+        s.push(a, it)
+    for it in items(320, loop, key=b"b"):
+        s.push(b, it)
+    order = serve(s, 10)
+    assert order.count(a) == order.count(b) == 5
+    assert all(x is not y for x, y in zip(order, order[1:]))  # alternating
+
+
+def test_small_lists_still_count_as_sequences(loop: Any) -> None:
+    s = Scheduler(FlowPolicy(quantum=32))
+    a, b = Flow("batch"), Flow("batch")
+    for it in items(200, loop, key=b"a"):
+        s.push(a, it)
+    for it in items(200, loop, key=b"b"):
+        s.push(b, it)
+    taken = {a: 0, b: 0}
+    for _ in range(40):  # capacity frees 8 at a time
+        f = s.current()
+        assert f is not None
+        taken[f] += len(s.collect(f, 8, 10**9, 128))
+    assert taken[a] == taken[b] == 160
+
+
+def test_fifo_is_kept_within_a_flow(loop: Any) -> None:
+    s = Scheduler()
+    f = Flow("batch")
+    its = items(100, loop)
+    for it in its:
+        s.push(f, it)
+    got: list[Item] = []
+    while s.current() is not None:
+        got += s.collect(f, 7, 10**9, 28)
+    assert got == its
+
+
+def test_lists_fill_across_flows_with_the_same_key(loop: Any) -> None:
+    s = Scheduler()
+    flows = [Flow("single") for _ in range(10)]
+    for f in flows:
+        (it,) = items(1, loop)
+        s.push(f, it)
+    f = s.current()
+    assert f is not None
+    assert len(s.collect(f, 32, 10**9, 128)) == 10
+    assert len(s) == 0
+    other = Flow("single")
+    (x,) = items(1, loop, key=b"other")
+    s.push(other, x)
+    g = Flow("batch")
+    for it in items(5, loop):
+        s.push(g, it)
+    head = s.current()
+    assert head is other
+    assert s.collect(head, 32, 10**9, 128) == [x]  # a different key never rides along
+
+
+def test_higher_priority_first_and_lower_never_starves(loop: Any) -> None:
+    s = Scheduler(FlowPolicy(quantum=32, starve_after=4))
+    low, high = Flow("batch", priority=0), Flow("batch", priority=5)
+    for it in items(320, loop, key=b"l"):
+        s.push(low, it)
+    for it in items(3200, loop, key=b"h"):
+        s.push(high, it)
+    order = serve(s, 50)
+    assert order[:4] == [high] * 4
+    assert order.count(low) == 10  # one grant in every five
+    assert order.count(high) == 40
+
+
+def test_a_cancelled_flow_frees_its_queue_at_once(loop: Any) -> None:
+    s = Scheduler()
+    f, g = Flow("batch"), Flow("single")
+    for it in items(10000, loop):
+        s.push(f, it)
+    (one,) = items(1, loop, key=b"z")
+    s.push(g, one)
+    dropped = s.drop(f)
+    assert len(dropped) == 10000 and len(s) == 1
+    assert s.current() is g
+
+
+def test_cancelled_items_are_skipped_and_counted_out(loop: Any) -> None:
+    s = Scheduler()
+    f = Flow("batch")
+    its = items(10, loop)
+    for it in its:
+        s.push(f, it)
+    for it in its[:4]:
+        it.future.cancel()
+    assert s.current() is f
+    assert s.head(f) is its[4]
+    assert len(s) == 6
+
+
+def test_policy_values_are_checked() -> None:
+    with pytest.raises(ValueError, match="quantum"):
+        FlowPolicy(quantum=0)
+    with pytest.raises(ValueError, match="kind"):
+        Flow("bulk")
+
+
+def test_filling_a_list_from_flows_that_rotate_is_safe(loop: Any) -> None:
+    s = Scheduler(FlowPolicy(quantum=2))
+    flows = [Flow("batch") for _ in range(5)]
+    for f in flows:
+        for it in items(3, loop):
+            s.push(f, it)
+    f = s.current()
+    assert f is not None
+    got = s.collect(f, 15, 10**9, 60)  # takes from every other flow, which charges (and rotates) them
+    assert len(got) == 15 and len(s) == 0
