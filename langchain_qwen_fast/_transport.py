@@ -35,6 +35,7 @@ from langchain_qwen_fast._errors import (
     redact_url,
     server_message,
 )
+from langchain_qwen_fast._sse import DONE, sse_event
 from langchain_qwen_fast._stats import EndpointStats
 
 log = logging.getLogger("langchain_qwen_fast")
@@ -294,22 +295,12 @@ class Transport:
         try:
             try:
                 async for line in handle.lines():
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
+                    event = sse_event(line, url)
+                    if event is DONE:
                         done = True
                         break
-                    try:
-                        obj = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise invalid_body(200, data, url, "an SSE event that is not JSON") from None
-                    if isinstance(obj, dict) and obj.get("error"):
-                        err = obj["error"]
-                        code = err.get("code") if isinstance(err, dict) else None
-                        raise from_status(code if isinstance(code, int) and code >= 400 else 500, data, url)
-                    yield obj
+                    if event is not None:
+                        yield event
             except asyncio.TimeoutError:
                 raise deadline_error(url, timeout) from None
             if not done:
