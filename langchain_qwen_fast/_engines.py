@@ -16,16 +16,26 @@ Engine methods run only on the runtime's loop; nothing here is thread-safe by it
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol
 
 import aiohttp
 import httpx
+from aiohttp import http_exceptions
 
-from langchain_qwen_fast._errors import connection_error
+from langchain_qwen_fast._errors import (
+    ClientClosedError,
+    _HTTPInfo,
+    connection_error,
+    from_status,
+    invalid_http,
+    not_http,
+)
 
 
 @dataclass(frozen=True)
@@ -67,8 +77,145 @@ class Engine(Protocol):
     async def aclose(self) -> None: ...
 
 
-_AIOHTTP_NOT_SENT = (aiohttp.ClientConnectorError,)
-_AIOHTTP_CONN = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, ConnectionError)
+# -- the one seam where library exceptions become package errors -------------------------------------
+def _cause_of(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first exception of ``kind`` in ``exc``'s cause chain (``exc`` included)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        if isinstance(e, kind):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _classes(module: Any, *names: str) -> tuple[type[BaseException], ...]:
+    """The named exception classes this aiohttp has (some came in 3.10 and later; we accept 3.9)."""
+    return tuple(c for c in (getattr(module, n, None) for n in names) if isinstance(c, type))
+
+
+_UNDECODABLE = _classes(http_exceptions, "ContentEncodingError", "DecompressSizeError")
+_BAD_REDIRECT = _classes(aiohttp, "RedirectClientError")
+_BAD_URL = _classes(aiohttp, "InvalidURL", "NonHttpUrlClientError")
+_NEVER_SENT = _classes(aiohttp, "ClientConnectorError", "ConnectionTimeoutError")
+
+
+def _from_aiohttp(url: str, e: aiohttp.ClientError) -> Exception:
+    if isinstance(e, aiohttp.ClientPayloadError):
+        if _cause_of(e, _UNDECODABLE):
+            return invalid_http(url, f"the body cannot be decoded: {e}")
+        return connection_error(url, e, maybe_sent=True, why="the response was cut short")
+    if isinstance(e, aiohttp.ClientHttpProxyError):  # the proxy refused to connect us
+        return connection_error(url, e, maybe_sent=False, retryable=e.status >= 500)
+    if isinstance(e, aiohttp.ClientResponseError):
+        parse = _cause_of(e, http_exceptions.HttpProcessingError)
+        if isinstance(parse, http_exceptions.BadStatusLine) or "status line" in e.message.lower():
+            return not_http(url, e.message)
+        if parse is not None:  # a bad header or chunk line
+            return invalid_http(url, getattr(parse, "message", "") or e.message)
+        return invalid_http(url, f"{type(e).__name__}: {e.message}")  # redirects, content type
+    if isinstance(e, _BAD_REDIRECT):  # the server redirected to a URL we cannot follow
+        return invalid_http(url, f"{type(e).__name__}: {e}")
+    if isinstance(e, (*_BAD_URL, aiohttp.ServerFingerprintMismatch)):
+        return connection_error(url, e, maybe_sent=False, retryable=False)
+    if isinstance(e, _NEVER_SENT):  # refused, DNS, TLS, proxy, connect timeout: it never reached the server
+        return connection_error(url, e, maybe_sent=False)
+    return connection_error(url, e, maybe_sent=True)  # disconnected, reset, read timeout, any newer ClientError
+
+
+#: How h11 and httpcore word a connection that ended early (any other protocol error is bad HTTP).
+_CUT_SHORT = ("peer closed connection", "server disconnected")
+
+
+def _from_httpx(url: str, e: httpx.HTTPError) -> BaseException:
+    if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
+        return connection_error(url, e, maybe_sent=False)
+    if isinstance(e, httpx.UnsupportedProtocol):
+        return connection_error(url, e, maybe_sent=False, retryable=False)
+    if isinstance(e, httpx.TimeoutException):
+        return asyncio.TimeoutError()  # httpx times out per phase with the time left: the call's deadline
+    if isinstance(e, httpx.RemoteProtocolError):
+        text = str(e)
+        if any(m in text.lower() for m in _CUT_SHORT):
+            no_answer = "without sending a response" in text
+            why = ("the server closed the connection without an HTTP response" if no_answer
+                   else "the response was cut short")
+            return connection_error(url, e, maybe_sent=True, why=why)
+        if "status line" in text:
+            return not_http(url, text)
+        return invalid_http(url, text)
+    if isinstance(e, (httpx.DecodingError, httpx.TooManyRedirects)):
+        return invalid_http(url, f"{type(e).__name__}: {e}")
+    if isinstance(e, httpx.HTTPStatusError):
+        return from_status(e.response.status_code, b"", url)
+    if isinstance(e, httpx.LocalProtocolError):  # the request itself is not valid HTTP (a header with a newline)
+        return connection_error(url, e, maybe_sent=False, retryable=False)
+    return connection_error(url, e, maybe_sent=True)  # read/write/close errors, any newer transport error
+
+
+def map_error(url: str, e: BaseException) -> BaseException:
+    """The package error for whatever an engine call raised; ``e`` itself where it passes unchanged.
+
+    Unchanged: package errors, ``asyncio.TimeoutError`` (the transport makes it the call's
+    DeadlineExceededError), and what is not an ``Exception`` (cancellation, GeneratorExit).
+    Anything else the libraries raise, even what they do not document (a RuntimeError from deep
+    inside on a garbage response), becomes a package error, so ``except ModelError`` holds.
+    """
+    if not isinstance(e, Exception) or isinstance(e, (_HTTPInfo, ClientClosedError)):
+        return e
+    if isinstance(e, aiohttp.ClientError):  # before TimeoutError: aiohttp's timeouts subclass both
+        return _from_aiohttp(url, e)
+    if isinstance(e, httpx.HTTPError):
+        return _from_httpx(url, e)
+    if isinstance(e, asyncio.TimeoutError):
+        return e
+    if isinstance(e, http_exceptions.HttpProcessingError):  # aiohttp's readline raises LineTooLong bare
+        return invalid_http(url, f"{type(e).__name__}: {e.message}")
+    if isinstance(e, OSError):
+        return connection_error(url, e, maybe_sent=not isinstance(e, ConnectionRefusedError))
+    return connection_error(url, e, maybe_sent=True, retryable=False, why="the HTTP client failed unexpectedly")
+
+
+class mapped:
+    """``with mapped(url): ...`` raises what :func:`map_error` makes of an exception, chained to it.
+
+    The one place library exceptions become package errors: every engine call runs inside one.
+    A class, not ``contextlib.contextmanager``: it is entered once per request on the hot path.
+    """
+
+    __slots__ = ("url",)
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if e is None:
+            return
+        out = map_error(self.url, e)
+        if out is not e:
+            raise out from e
+
+
+def _held_lines(content: aiohttp.StreamReader) -> list[bytes]:
+    """Complete lines aiohttp received before a connection broke but will not hand out.
+
+    Every ``StreamReader`` read raises a stored error before it returns buffered bytes
+    (aio-libs/aiohttp#3026): when the last events and the close arrive while the reader is busy,
+    ``readline`` raises at once and the events already received are lost. They are still in the
+    reader's buffer; read it defensively (private attributes: ``[]`` if they change, which
+    ``tests/unit/test_engines.py`` would notice).
+    """
+    buffer = getattr(content, "_buffer", None)
+    offset = getattr(content, "_buffer_offset", 0)
+    if not isinstance(buffer, collections.deque) or not isinstance(offset, int):
+        return []
+    data = b"".join(bytes(b) for b in buffer)[offset:]
+    *complete, _partial = data.split(b"\n")  # an unterminated last line is not an event
+    return [line + b"\n" for line in complete]
 
 
 class _AiohttpStream:
@@ -78,17 +225,19 @@ class _AiohttpStream:
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
-        try:
+        with mapped(self._url):
             return await self._resp.read()
-        except _AIOHTTP_CONN as e:
-            raise connection_error(self._url, e, maybe_sent=True) from e
 
     async def lines(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        try:
-            async for line in self._resp.content:
-                yield line
-        except _AIOHTTP_CONN as e:
-            raise connection_error(self._url, e, maybe_sent=True) from e
+        content = self._resp.content
+        with mapped(self._url):
+            try:
+                async for line in content:
+                    yield line
+            except aiohttp.ClientPayloadError:
+                for line in _held_lines(content):  # what arrived before the cut, then the error
+                    yield line
+                raise
 
     async def close(self) -> None:
         self._resp.release()
@@ -125,41 +274,25 @@ class AiohttpEngine:
         return aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, self.limits.connect_timeout))
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        try:
+        with mapped(url):
             async with self._sess().post(url, data=body, headers=headers, timeout=self._timeout(timeout)) as r:
                 return RawResponse(r.status, r.headers, await r.read())
-        except _AIOHTTP_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except _AIOHTTP_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
         """A health probe: ``GET`` with the whole exchange bounded by ``timeout``."""
-        try:
+        with mapped(url):
             async with self._sess().get(url, headers=headers, timeout=self._timeout(timeout)) as r:
                 return RawResponse(r.status, r.headers, await r.read())
-        except _AIOHTTP_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except _AIOHTTP_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
 
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
-        try:
+        with mapped(url):
             resp = await self._sess().post(url, data=body, headers=headers, timeout=self._timeout(timeout))
-        except _AIOHTTP_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except _AIOHTTP_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
         return _AiohttpStream(resp, url)
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
         self._session = None
-
-
-_HTTPX_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
-_HTTPX_CONN = (httpx.TransportError,)
 
 
 class _HttpxStream:
@@ -169,20 +302,17 @@ class _HttpxStream:
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
-        try:
+        with mapped(self._url):
             return await self._resp.aread()
-        except _HTTPX_CONN as e:
-            raise connection_error(self._url, e, maybe_sent=True) from e
 
     async def lines(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        try:
+        with mapped(self._url):
             async for line in self._resp.aiter_lines():
                 yield line.encode()
-        except _HTTPX_CONN as e:
-            raise connection_error(self._url, e, maybe_sent=True) from e
 
     async def close(self) -> None:
-        await self._resp.aclose()
+        with contextlib.suppress(Exception):  # closing a broken stream must not hide why it broke
+            await self._resp.aclose()
 
 
 class HttpxEngine:
@@ -203,37 +333,19 @@ class HttpxEngine:
         self.client = client
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        try:
+        with mapped(url):
             r = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-        except _HTTPX_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except httpx.TimeoutException:
-            raise asyncio.TimeoutError from None
-        except _HTTPX_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
-        return RawResponse(r.status_code, r.headers, r.content)
+            return RawResponse(r.status_code, r.headers, r.content)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        try:
+        with mapped(url):
             r = await self.client.get(url, headers=dict(headers), timeout=timeout)
-        except _HTTPX_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except httpx.TimeoutException:
-            raise asyncio.TimeoutError from None
-        except _HTTPX_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
-        return RawResponse(r.status_code, r.headers, r.content)
+            return RawResponse(r.status_code, r.headers, r.content)
 
     async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
-        req = self.client.build_request("POST", url, content=body, headers=dict(headers), timeout=timeout)
-        try:
+        with mapped(url):
+            req = self.client.build_request("POST", url, content=body, headers=dict(headers), timeout=timeout)
             resp = await self.client.send(req, stream=True)
-        except _HTTPX_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except httpx.TimeoutException:
-            raise asyncio.TimeoutError from None
-        except _HTTPX_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
         return _HttpxStream(resp, url)
 
     async def aclose(self) -> None:
@@ -248,29 +360,17 @@ class SyncHttpxEngine:
         self.client = client
 
     def _post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        try:
+        with mapped(url):  # in a worker thread: the mapping does not need the loop
             r = self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-        except _HTTPX_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except httpx.TimeoutException:
-            raise asyncio.TimeoutError from None
-        except _HTTPX_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
-        return RawResponse(r.status_code, r.headers, r.content)
+            return RawResponse(r.status_code, r.headers, r.content)
 
     async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
         return await asyncio.get_running_loop().run_in_executor(None, self._post, url, body, headers, timeout)
 
     def _get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        try:
+        with mapped(url):
             r = self.client.get(url, headers=dict(headers), timeout=timeout)
-        except _HTTPX_NOT_SENT as e:
-            raise connection_error(url, e, maybe_sent=False) from e
-        except httpx.TimeoutException:
-            raise asyncio.TimeoutError from None
-        except _HTTPX_CONN as e:
-            raise connection_error(url, e, maybe_sent=True) from e
-        return RawResponse(r.status_code, r.headers, r.content)
+            return RawResponse(r.status_code, r.headers, r.content)
 
     async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
         return await asyncio.get_running_loop().run_in_executor(None, self._get, url, headers, timeout)

@@ -10,14 +10,19 @@ Hierarchy (each also carries ``status_code``, ``body`` and ``url`` where there w
     ├── ModelNotFoundError         <- NotFoundError              404 (names the /v1 fix when it applies)
     ├── ModelRateLimitError        <- RateLimitError             429 (retried, honours Retry-After)
     ├── ModelAPIError              <- ServerError                5xx (retried)
-    │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes it)
+    │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes it),
+    │                                                            or an answer that is not HTTP (never retried)
     ├── ModelConnectionError       <- APIConnectionError         reset, refused, DNS, truncated body (retried)
     └── ModelTimeoutError          <- DeadlineExceededError      the call's one deadline, or 408 (408 retried)
     RuntimeError                   <- ClientClosedError          the model was closed while the call waited
+
+Every exception an HTTP library raises becomes one of these once, at the engine
+(``_engines.mapped``); nothing from aiohttp or httpx reaches a caller.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from langchain_core.exceptions import (
@@ -179,6 +184,67 @@ def from_status(status: int, body: bytes, url: str, retry_after: float | None = 
     return exc  # type: ignore[return-value]
 
 
+#: ``scheme://user:pass@`` anywhere in a text, also inside a quoted repr such as ``URL('http://a:b@h')``.
+_USERINFO = re.compile(r"""([A-Za-z][A-Za-z0-9+.-]*://)[^/\s@'"]*@""")
+
+
+def _redact_text(text: str) -> str:
+    """Library messages may quote the request URL, credentials included (aiohttp does)."""
+    return _USERINFO.sub(r"\1***@", text) if "@" in text else text
+
+
+_QUOTED_BYTES = re.compile(r"""b(['"]).*?(?<!\\)\1""", re.DOTALL)
+
+
+def _quoted_bytes(message: str) -> bytes | None:
+    """The first ``b'...'`` literal in a library's message: the line it could not parse."""
+    import ast
+
+    m = _QUOTED_BYTES.search(message)
+    try:
+        value = ast.literal_eval(m.group(0)) if m else None
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, bytes) else None
+
+
+def not_http(url: str, message: str) -> InvalidResponseError:
+    """The port answered, but not in HTTP (an SSH banner, binary bytes). A retry gets the same answer.
+
+    ``message`` is the HTTP library's; the line it quotes (aiohttp and h11 both show ``b'...'``) is
+    what the port sent."""
+    url = redact_url(url)
+    received = _quoted_bytes(message)
+    if received:
+        shown = repr(received[:60]) + ("…" if len(received) > 60 else "")
+        what = f"it answered {shown} where an HTTP status line belongs"
+    else:
+        what = "its answer does not start with an HTTP status line"
+    exc = InvalidResponseError(f"{url} is not an HTTP server: {what} (is another service listening on this port?)")
+    exc._attach(None, _preview(received or b""), url, None)
+    return exc
+
+
+def invalid_http(url: str, detail: str) -> InvalidResponseError:
+    """An HTTP response that breaks the protocol (a bad header or chunk): a broken server or proxy."""
+    url = redact_url(url)
+    detail = _preview(_redact_text(detail), 200)
+    exc = InvalidResponseError(f"{url} sent a response that is not valid HTTP: {detail}")
+    exc._attach(None, detail, url, None)
+    return exc
+
+
+def malformed_response(why: str) -> InvalidResponseError:
+    """JSON that parses but is not shaped as an OpenAI-compatible answer (no choices, a choice that is
+    not an object). Raised where the JSON is read, which knows no URL."""
+    exc = InvalidResponseError(
+        f"the server's answer is not an OpenAI-compatible response: {why} "
+        "(is a proxy or another API answering at this base_url?)"
+    )
+    exc._attach(200, why, None, None)
+    return exc
+
+
 def invalid_body(status: int, body: bytes, url: str, why: str) -> InvalidResponseError:
     url = redact_url(url)
     exc = InvalidResponseError(
@@ -205,12 +271,15 @@ def _is_certificate_error(cause: BaseException) -> bool:
     return False
 
 
-def connection_error(url: str, cause: BaseException, *, maybe_sent: bool) -> APIConnectionError:
-    detail = str(cause)
-    if "@" in detail:  # aiohttp puts the request URL, credentials included, into some messages
-        detail = " ".join(redact_url(w) if "://" in w else w for w in detail.split(" "))
+def connection_error(
+    url: str, cause: BaseException, *, maybe_sent: bool, retryable: bool = True, why: str = ""
+) -> APIConnectionError:
+    """``retryable=False`` for failures a retry cannot fix; ``why`` says in words what the cause means."""
+    detail = _redact_text(str(cause))
     url = redact_url(url)
     text = f"connection to {url} failed: {type(cause).__name__}: {detail}"
+    if why:
+        text += f" -- {why}"
     cert = _is_certificate_error(cause)
     if cert:
         text += (" -- the server's TLS certificate failed verification; for a private CA pass "
@@ -218,7 +287,7 @@ def connection_error(url: str, cause: BaseException, *, maybe_sent: bool) -> API
     exc = APIConnectionError(text)
     exc._attach(None, None, url, None)
     exc.maybe_sent = maybe_sent
-    exc.retryable = not cert  # the same certificate fails the same way on every retry
+    exc.retryable = retryable and not cert  # the same certificate fails the same way on every retry
     return exc
 
 

@@ -1,8 +1,10 @@
 """Qwen3 specifics: ChatML rendering, the thinking switch, ``<think>`` handling, sampling presets.
 
 The completions wire mode sends prompts that this module renders, so :func:`render_chatml` must
-produce exactly what Qwen3's own chat template produces for plain text turns; the real-vLLM test
-tier checks that token for token through the server's ``/tokenize``.
+produce exactly what Qwen3's own chat template produces for plain text turns. The reference is the
+official template of Qwen/Qwen3-0.6B: ``tests/unit/test_qwen_render_official.py`` compares thousands
+of conversations with it byte for byte, and the real-vLLM tier serves it and checks token for token
+through the server's ``/tokenize``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,40 @@ THINK_CLOSE = "</think>"
 #: What Qwen3's template appends after the generation prompt when thinking is off.
 EMPTY_THINK = "<think>\n\n</think>\n\n"
 
+TOOL_RESPONSE_OPEN = "<tool_response>"
+TOOL_RESPONSE_CLOSE = "</tool_response>"
+
 _PLAIN_ROLES = frozenset({"system", "user", "assistant"})
 
 
-def _strip_history_reasoning(content: str) -> str:
-    # Qwen3's template drops the reasoning of earlier assistant turns.
-    if THINK_CLOSE in content:
-        content = content.split(THINK_CLOSE)[-1].lstrip("\n")
-    return content
+def _is_tool_response(content: str) -> bool:
+    # A user turn wholly wrapped in <tool_response>…</tool_response> is a tool result sent back as
+    # text (ReAct style), not a query.
+    return content.startswith(TOOL_RESPONSE_OPEN) and content.endswith(TOOL_RESPONSE_CLOSE)
+
+
+def _last_query_index(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Index of the last real user query, as Qwen3's template finds it (the last turn if there is none)."""
+    for i in range(len(messages) - 1, -1, -1):
+        m = messages[i]
+        if m["role"] == "user" and not _is_tool_response(m["content"]):
+            return i
+    return len(messages) - 1
+
+
+def _split_think(content: str) -> tuple[str, str]:
+    """``(reasoning, content)`` of an assistant turn, split exactly as Qwen3's template splits it.
+
+    Reasoning is what lies between the last ``<think>`` before the first ``</think>`` and that
+    ``</think>``, without surrounding newlines; content is what follows the *last* ``</think>``,
+    without leading newlines. Without ``</think>`` nothing is split, and an unclosed ``<think>``
+    stays in the content.
+    """
+    if THINK_CLOSE not in content:
+        return "", content
+    head = content.partition(THINK_CLOSE)[0].rstrip("\n")
+    reasoning = head.rpartition(THINK_OPEN)[2].lstrip("\n")
+    return reasoning, content.rpartition(THINK_CLOSE)[2].lstrip("\n")
 
 
 def can_render(messages: Sequence[Mapping[str, Any]]) -> bool:
@@ -51,14 +79,27 @@ def can_render(messages: Sequence[Mapping[str, Any]]) -> bool:
 def render_chatml(messages: Sequence[Mapping[str, Any]], *, enable_thinking: bool) -> str:
     """Render a plain text conversation the way Qwen3's chat template does.
 
+    Inline ``<think>…</think>`` of an assistant turn is dropped up to the last real user query.
+    After it (a ReAct loop whose tool results come back as ``<tool_response>`` user turns) the
+    template keeps non-empty reasoning as ``<think>\\n…\\n</think>\\n\\n`` before the content, so
+    the model sees the reasoning of the loop it is in; rendered here the same way, the prompt is the
+    one the chat endpoint would build.
+
     Callers must check :func:`can_render` first; anything else goes to the chat endpoint, where
     the server applies its own template.
     """
+    last_query = _last_query_index(messages)
     parts: list[str] = []
-    for m in messages:
+    for i, m in enumerate(messages):
         content = m["content"]
         if m["role"] == "assistant":
-            content = _strip_history_reasoning(content)
+            reasoning, content = _split_think(content)
+            # The template's "loop.last" case (a final assistant turn) cannot occur: can_render
+            # requires a final user turn.
+            if i > last_query and reasoning:
+                # The template strips again here; both are no-ops after _split_think, kept to mirror it.
+                reasoning, content = reasoning.strip("\n"), content.lstrip("\n")
+                content = f"{THINK_OPEN}\n{reasoning}\n{THINK_CLOSE}\n\n{content}"
         parts.append(f"{IM_START}{m['role']}\n{content}{IM_END}\n")
     parts.append(f"{IM_START}assistant\n")
     if not enable_thinking:

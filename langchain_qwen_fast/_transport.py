@@ -36,6 +36,7 @@ from langchain_qwen_fast._errors import (
     server_message,
 )
 from langchain_qwen_fast._replicas import Lease, Replica, ReplicaSet
+from langchain_qwen_fast._sse import DONE, sse_event
 
 log = logging.getLogger("langchain_qwen_fast")
 T = TypeVar("T")
@@ -298,26 +299,19 @@ class Transport:
         ep, handle = await self._with_retries(attempt, deadline, lease.replica)
         url = ep.base + path
         ep.outstanding += 1
-        t0, done = time.monotonic(), False
+        t0, done, events = time.monotonic(), False, 0
         try:
             try:
                 async for line in handle.lines():
-                    line = line.strip()
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
+                    event = sse_event(line, url)
+                    if event is DONE:
+                        if not events:  # vLLM and SGLang send at least the role chunk first
+                            raise invalid_body(handle.status, line, url, "a stream that ends before any event")
                         done = True
                         break
-                    try:
-                        obj = orjson.loads(data)
-                    except orjson.JSONDecodeError:
-                        raise invalid_body(200, data, url, "an SSE event that is not JSON") from None
-                    if isinstance(obj, dict) and obj.get("error"):
-                        err = obj["error"]
-                        code = err.get("code") if isinstance(err, dict) else None
-                        raise from_status(code if isinstance(code, int) and code >= 400 else 500, data, url)
-                    yield obj
+                    if event is not None:
+                        events += 1
+                        yield event
             except asyncio.TimeoutError:
                 raise deadline_error(url, timeout) from None
             if not done:

@@ -389,11 +389,18 @@ class BatchedChatQwen(BaseChatModel):
 
     @staticmethod
     def _mark_last(chunks: Iterator[ChatGenerationChunk]) -> Iterator[ChatGenerationChunk]:
+        """Yield every chunk, holding one back to mark the final one ``chunk_position="last"``; a stream
+        that fails hands out the chunk it held before the error."""
         prev = None
-        for c in chunks:
+        try:
+            for c in chunks:
+                if prev is not None:
+                    yield prev
+                prev = c
+        except Exception:
             if prev is not None:
                 yield prev
-            prev = c
+            raise
         if prev is not None:
             if isinstance(prev.message, AIMessageChunk):
                 prev.message.chunk_position = "last"
@@ -421,13 +428,18 @@ class BatchedChatQwen(BaseChatModel):
         rt, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
         prev: ChatGenerationChunk | None = None
-        async for ev in _bridge.astream_events(rt, opener):
-            chunk = asm.convert(ev)
-            if chunk is None:
-                continue
+        try:
+            async for ev in _bridge.astream_events(rt, opener):
+                chunk = asm.convert(ev)
+                if chunk is None:
+                    continue
+                if prev is not None:
+                    yield prev
+                prev = chunk
+        except Exception:  # the chunk held back for "last" still reaches the caller, then the error
             if prev is not None:
                 yield prev
-            prev = chunk
+            raise
         if prev is not None:
             if isinstance(prev.message, AIMessageChunk):
                 prev.message.chunk_position = "last"

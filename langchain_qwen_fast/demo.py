@@ -120,12 +120,18 @@ def _table(rows: list[dict[str, Any]], n: int, where: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="qwen-fast demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--base-url", default=None, help="a real OpenAI-compatible server (default: start the simulator)")
-    ap.add_argument("--model", default="Qwen-0.6B")
-    ap.add_argument("--api-key", default="EMPTY")
-    ap.add_argument("--n", type=int, default=400)
-    ap.add_argument("--max-tokens", type=int, default=128)
+    ap = argparse.ArgumentParser(
+        prog="qwen-fast demo",
+        description=__doc__.split("\n")[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument(
+        "--base-url", metavar="URL", default=None, help="a real OpenAI-compatible server; none: start the simulator"
+    )
+    ap.add_argument("--model", default="Qwen-0.6B", help="the served model name")
+    ap.add_argument("--api-key", default="EMPTY", help="the server's API key")
+    ap.add_argument("--n", type=int, default=400, help="questions per client")
+    ap.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")
     a = ap.parse_args(argv)
 
     from langchain_openai import ChatOpenAI

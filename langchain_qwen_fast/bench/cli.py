@@ -1,13 +1,15 @@
 """``qwen-fast bench``: the CPU benchmark against the simulator, every scenario beside ChatOpenAI.
 
-    qwen-fast bench [--rounds 3] [--n 1000] [--base-url URL] [--out benchmarks/results]
+    qwen-fast bench [--rounds 3] [--n 1000] [--base-url URL] [--out qwen-fast-bench]
 
 In one process run, against one simulator (``--latency h100``, calibrated from the GPU anchors):
 closed-loop scenarios at 128 and 32 max_tokens (sync ``.batch``, ``.abatch``, 32 threads of
 ``.invoke``, each in the completions and chat wire modes; ChatOpenAI ``.batch`` default and
 ``max_concurrency=256`` and ``.abatch``; raw aiohttp chat and lists), interleaved over rounds;
 serial ``.invoke`` against raw httpx; an open-loop Poisson run at 80% of the best raw rate.
-Writes JSON lines, a markdown table and a PNG into a results folder.
+Shows progress bars while it runs, and writes JSON lines, a markdown table and a PNG into a new
+``cpu-YYYYmmdd-HHMMSS`` folder under ``--out`` (``./qwen-fast-bench`` by default: a folder named for what
+made it, wherever the command runs; ``make bench`` passes ``--out benchmarks/results``).
 """
 
 from __future__ import annotations
@@ -21,16 +23,35 @@ from typing import Any
 from langchain_qwen_fast.bench import report
 from langchain_qwen_fast.bench import run as runner
 
+DEFAULT_OUT = "qwen-fast-bench"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="qwen-fast bench",
+        description=__doc__.split("\n")[0].replace("``", ""),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ap.add_argument(
+        "--base-url", metavar="URL", default=None, help="a real OpenAI-compatible server; none: start the simulator"
+    )
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of every scenario (medians reported)")
+    ap.add_argument("--n", type=int, default=1000, help="requests per closed-loop scenario run")
+    ap.add_argument("--serial-n", type=int, default=30, help="requests per serial .invoke scenario run")
+    ap.add_argument(
+        "--poisson-seconds", type=float, default=15.0, help="length of each open-loop (Poisson arrivals) run"
+    )
+    ap.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        help="results folder, relative to the current directory; each run writes a new cpu-YYYYmmdd-HHMMSS "
+        "folder in it",
+    )
+    return ap
+
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="qwen-fast bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--base-url", default=None)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--serial-n", type=int, default=30)
-    ap.add_argument("--poisson-seconds", type=float, default=15.0)
-    ap.add_argument("--out", default="benchmarks/results")
-    a = ap.parse_args(argv)
+    a = build_parser().parse_args(argv)
 
     from langchain_qwen_fast.testing import SimConfig, SimServer
 
@@ -84,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     rows = report.load(files)
-    md = "\n".join(x for x in (report.closed_loop_md(rows), report.open_loop_md(rows)) if x)
+    md = "\n".join(x for x in (report.closed_loop_md(rows), report.open_loop_md(rows), report.failures_md(rows)) if x)
     (folder / "tables.md").write_text(md)
     with contextlib.suppress(ImportError):
         report.plot(rows, str(folder / "cpu-benchmark.png"), "simulator (H100 model)")

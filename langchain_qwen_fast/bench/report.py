@@ -1,7 +1,9 @@
 """Turn benchmark JSON lines into markdown tables with ratios, and a PNG plot.
 
 Ratios are always taken within one file (one server run): against ChatOpenAI's default ``.batch``
-and against the best raw strategy measured beside it.
+and against the best raw strategy measured beside it. Wherever a row had errors, the errors column
+names their types (``error_types`` in the row), and runs that failed outright are listed after the
+tables rather than dropped.
 
     python -m langchain_qwen_fast.bench.report RESULTS.jsonl [...] --md OUT.md --png OUT.png
 """
@@ -11,9 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
+
+from langchain_qwen_fast.bench.progress import error_summary
 
 ORDER = [
     "raw_aiohttp_chat_c256",
@@ -52,6 +56,18 @@ def _spread(xs: list[float]) -> str:
     return f"{min(xs):.0f}-{max(xs):.0f}" if len(xs) > 1 else "-"
 
 
+def errors_cell(errors: int, types: dict[str, int] | None) -> str:
+    """``3`` -> ``"3 (ServerError 2, APIConnectionError 1)"``; rows written before error_types show the count."""
+    return f"{errors} ({error_summary(types)})" if errors and types else str(errors)
+
+
+def _types(rows: list[dict[str, Any]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for r in rows:
+        total.update(r.get("error_types") or {})
+    return dict(total)
+
+
 def closed_loop(rows: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any]]]:
     """Per max_tokens, per scenario: medians over rounds (sweeps and open-loop rows excluded)."""
     by: dict[int, dict[str, list[dict[str, Any]]]] = defaultdict(lambda: defaultdict(list))
@@ -81,6 +97,7 @@ def closed_loop(rows: list[dict[str, Any]]) -> dict[int, dict[str, dict[str, Any
                 "p50": _med([r["p50_s"] for r in rs if r.get("p50_s") is not None]),
                 "p95": _med([r["p95_s"] for r in rs if r.get("p95_s") is not None]),
                 "errors": sum(r.get("errors", 0) for r in rs),
+                "error_types": _types(rs),
                 "tokens_ok": all(r.get("tokens_ok") for r in rs),
             }
     return out
@@ -107,7 +124,8 @@ def closed_loop_md(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"| {name} | {v['req_s']:.1f} | {v['req_s_spread']} | {x_oai} | {x_raw} | {x_round} | "
                 f"{v['cpu_ms']:.3f} | "
-                f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {v['errors']} | {'yes' if v['tokens_ok'] else 'no'} |"
+                f"{cpu_ratio} | {v['p50']:.3f} | {v['p95']:.3f} | {errors_cell(v['errors'], v['error_types'])} | "
+                f"{'yes' if v['tokens_ok'] else 'no'} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -125,7 +143,8 @@ def open_loop_md(rows: list[dict[str, Any]]) -> str:
         share = f" ({r['load_fraction']:.0%})" if r.get("load_fraction") else ""
         lines.append(
             f"| {r['max_tokens']} | {r['offered_rps']:.0f}{share} | {r['scenario'].replace('poisson_', '')} | "
-            f"{r['req_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['p99_s']} | {r['errors']} |"
+            f"{r['req_s']:.1f} | {r['p50_s']} | {r['p95_s']} | {r['p99_s']} | "
+            f"{errors_cell(r['errors'], r.get('error_types'))} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -135,14 +154,26 @@ def sweep_md(rows: list[dict[str, Any]]) -> str:
     if not sw:
         return ""
     lines = [
-        "| max_tokens | sweep | N | admission limit | wire mode | req/s | client CPU ms/req |",
-        "|---|---|---|---|---|---|---|",
+        "| max_tokens | sweep | N | admission limit | wire mode | req/s | client CPU ms/req | errors |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in sw:
         lines.append(
             f"| {r['max_tokens']} | {r['sweep']} | {r['n']} | {r.get('admission_limit', 512)} | {r.get('mode')} | "
-            f"{r['req_s']:.1f} | {r['client_cpu_ms_per_req']:.3f} |"
+            f"{r['req_s']:.1f} | {r['client_cpu_ms_per_req']:.3f} | {errors_cell(r['errors'], r.get('error_types'))} |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def failures_md(rows: list[dict[str, Any]]) -> str:
+    """Runs that raised instead of finishing (the tables leave them out), with the exception."""
+    failed = [r for r in rows if r.get("failure")]
+    if not failed:
+        return ""
+    lines = ["Runs that failed (not in the tables above):", ""]
+    for r in failed:
+        rnd = f", round {r['round'] + 1}" if r.get("round") is not None else ""
+        lines.append(f"- {r['scenario']} (max_tokens {r.get('max_tokens')}{rnd}): {r['failure']}")
     return "\n".join(lines) + "\n"
 
 
@@ -199,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--title", default="")
     a = ap.parse_args(argv)
     rows = load(a.files)
-    md = "\n".join(x for x in (closed_loop_md(rows), open_loop_md(rows), sweep_md(rows)) if x)
+    md = "\n".join(x for x in (closed_loop_md(rows), open_loop_md(rows), sweep_md(rows), failures_md(rows)) if x)
     if a.md:
         Path(a.md).write_text(md)
     print(md)

@@ -3,19 +3,20 @@
     python -m langchain_qwen_fast.bench.run --base-url URL --plan gpu --max-tokens 128 --n 1500 --rounds 2 --out F.jsonl
 
 Plans name scenario lists; rounds repeat the whole list so slow drift (thermal, caches, a warming
-server) spreads over every scenario instead of biasing the ones that ran last.
+server) spreads over every scenario instead of biasing the ones that ran last. The JSON lines go to
+``--out`` only; the console shows progress and one summary line per row (``bench/progress.py``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from langchain_qwen_fast.bench import scenarios as S
+from langchain_qwen_fast.bench.progress import RunDisplay, row_line
 
 Plan = list[tuple[str, Callable[[S.Workload], dict[str, Any]]]]
 
@@ -73,8 +74,16 @@ def main(argv: list[str] | None = None) -> None:
     if a.only:
         keep = set(a.only.split(","))
         steps = [s for s in steps if s[0] in keep]
+    fractions = [float(x) for x in a.poisson.split(",")] if a.poisson else []
+    total = a.rounds * len(steps) + 2 * len(fractions) + (16 if a.sweep else 0)
+    with RunDisplay(f"{a.tag or a.plan} m{a.max_tokens}", total) as show:
+        _run(a, w, steps, fractions, show)
+
+
+def _run(a: argparse.Namespace, w: S.Workload, steps: Plan, fractions: list[float], show: RunDisplay) -> None:
     # warm-up: first-call costs (imports, connection pools, the server's prefix cache) paid outside the timings
     warm = S.Workload(a.base_url, max_tokens=a.max_tokens, n=256 if a.rounds else 64)
+    show.start("warm-up")
     if not a.no_warmup:
         S.raw_scenario(warm, "chat", 64)
     if a.plan != "serial" and not a.no_warmup:
@@ -84,8 +93,9 @@ def main(argv: list[str] | None = None) -> None:
     for rnd in range(a.rounds):
         for name, fn in steps:
             if a.deadline and time.time() > a.deadline:
-                print(f"deadline reached before {name} round {rnd}", file=sys.stderr, flush=True)
+                show.note(f"deadline reached before {name} round {rnd}")
                 return
+            show.start(f"{name}, round {rnd + 1}/{a.rounds}")
             try:
                 row = fn(w)
             except Exception as e:  # a failed scenario is a row, not the end of the run
@@ -96,38 +106,47 @@ def main(argv: list[str] | None = None) -> None:
                     "failure": f"{type(e).__name__}: {e}"[:300],
                 }
             row.update(round=rnd, tag=a.tag, t=time.time())
-            emit(a.out, row)
-    if a.poisson:
+            emit(a.out, row, show)
+    if fractions:
         best = best_raw(a.out, a.max_tokens)
-        for frac in [float(x) for x in a.poisson.split(",")]:
+        for frac in fractions:
             for client, mode in (("qwen", "completions"), ("openai", "chat")):
                 if a.deadline and time.time() > a.deadline:
                     return
+                show.start(f"poisson {client} at {frac:.0%} of {best:.0f} req/s")
                 row = S.poisson_scenario(w, client, best * frac, a.poisson_seconds, mode=mode)
                 row.update(load_fraction=frac, best_raw_req_s=best, tag=a.tag, t=time.time())
-                emit(a.out, row)
+                emit(a.out, row, show)
     if a.sweep:
         for n in (1000, 3000, 10000):
             for mode in ("chat", "completions"):
-                run_one(a, S.Workload(a.base_url, max_tokens=a.max_tokens, n=n), mode, None, "sweep_n")
+                run_one(a, S.Workload(a.base_url, max_tokens=a.max_tokens, n=n), mode, None, "sweep_n", show)
         for limit in (64, 128, 256, 512, 1024):
             for mode in ("chat", "completions"):
-                run_one(a, w, mode, limit, "sweep_admission")
+                run_one(a, w, mode, limit, "sweep_admission", show)
 
 
-def run_one(a: argparse.Namespace, w: S.Workload, mode: str, limit: int | None, kind: str) -> None:
+def run_one(
+    a: argparse.Namespace, w: S.Workload, mode: str, limit: int | None, kind: str, show: RunDisplay | None = None
+) -> None:
     if a.deadline and time.time() > a.deadline:
         return
+    if show:
+        show.start(f"{kind} n={w.n} limit={limit or 'default'} {mode}")
     kw: dict[str, Any] = {"max_concurrency": limit} if limit else {}
     row = S.qwen_scenario(w, "batch", mode, **kw)
     row.update(sweep=kind, admission_limit=limit or "default", tag=a.tag, t=time.time())
-    emit(a.out, row)
+    emit(a.out, row, show)
 
 
-def emit(path: str, row: dict[str, Any]) -> None:
+def emit(path: str, row: dict[str, Any], show: RunDisplay | None = None) -> None:
+    """Append the row to the JSON lines file (the format report.py and the GPU runner read), then show it."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-    print(json.dumps(row), flush=True)
+    if show is not None:
+        show.row(row)
+    else:
+        print(row_line(row), flush=True)
 
 
 def best_raw(path: str, max_tokens: int) -> float:

@@ -3,7 +3,7 @@
 Every scenario sends the same workload (``QUESTIONS`` cycled to N, ``ignore_eos`` so each request
 makes exactly ``max_tokens`` tokens, thinking off) and returns one flat dict: wall time, req/s,
 latency percentiles as the caller sees each request, client CPU per request (this process's
-rusage, all threads), errors, and output tokens checked against N x max_tokens.
+rusage, all threads), errors with their types, and output tokens checked against N x max_tokens.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import resource
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -105,7 +106,8 @@ class LatencyRecorder(BaseCallbackHandler):
         self._start: dict[uuid.UUID, float] = {}
         self.latencies: list[float] = []
         self.tokens = 0
-        self.errors = 0
+        #: exception type name -> count, so a row can say which errors it saw
+        self.errors: Counter[str] = Counter()
         self._lock = threading.Lock()
 
     def on_chat_model_start(self, serialized: Any, messages: Any, *, run_id: uuid.UUID, **kw: Any) -> None:
@@ -123,7 +125,7 @@ class LatencyRecorder(BaseCallbackHandler):
     def on_llm_error(self, error: BaseException, *, run_id: uuid.UUID, **kw: Any) -> None:
         self._start.pop(run_id, None)
         with self._lock:
-            self.errors += 1
+            self.errors[type(error).__name__] += 1
 
 
 @dataclass
@@ -178,11 +180,12 @@ def _result(
     cpu: float,
     lat: list[float],
     tokens: int,
-    errors: int,
+    errors: int | Mapping[str, int],
     n: int | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     n = n if n is not None else w.n
+    types = dict(errors) if isinstance(errors, Mapping) else {}
     return {
         "scenario": name,
         "max_tokens": w.max_tokens,
@@ -191,7 +194,8 @@ def _result(
         "req_s": round(n / wall, 2) if wall > 0 else None,
         "client_cpu_ms_per_req": round(cpu / n * 1000, 4),
         **percentiles(lat),
-        "errors": errors,
+        "errors": sum(types.values()) if isinstance(errors, Mapping) else errors,
+        "error_types": types,  # exception type name (or "HTTP <status>") -> count
         "output_tokens": tokens,
         "tokens_ok": tokens == n * w.max_tokens,
         **extra,
@@ -272,12 +276,13 @@ def _chatml(q: str) -> str:
     return render_chatml([{"role": "user", "content": q}], enable_thinking=False)
 
 
-async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[float], int, int]:
+async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[float], int, Counter[str]]:
     import aiohttp
     import orjson
 
     lat: list[float] = []
-    toks = errors = 0
+    toks = 0
+    errors: Counter[str] = Counter()
     ps = prompts(w.n)
     url = w.base_url.rstrip("/")
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {w.api_key}"}
@@ -287,15 +292,18 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
         sem = asyncio.Semaphore(inflight)
 
         async def post(path: str, body: dict[str, Any], k: int) -> None:
-            nonlocal toks, errors
+            nonlocal toks
             async with sem:
                 t = time.perf_counter()
                 try:
                     async with s.post(url + path, data=orjson.dumps(body), headers=headers) as r:
-                        d = orjson.loads(await r.read())
-                        toks += d["usage"]["completion_tokens"]
-                except Exception:
-                    errors += k
+                        raw = await r.read()
+                        if r.status != 200:  # counted by status, not as the KeyError its body would give
+                            errors[f"HTTP {r.status}"] += k
+                            return
+                        toks += orjson.loads(raw)["usage"]["completion_tokens"]
+                except Exception as e:
+                    errors[type(e).__name__] += k
                 finally:
                     lat.extend([time.perf_counter() - t] * k)
 
@@ -350,21 +358,22 @@ def httpx_serial(w: Workload) -> dict[str, Any]:
 # -- open loop ------------------------------------------------------------------------------------
 async def _poisson(
     w: Workload, model: Any, rate: float, duration: float, seed: int
-) -> tuple[list[float], int, int, int]:
+) -> tuple[list[float], int, Counter[str], int]:
     rng = random.Random(seed)
     lat: list[float] = []
-    toks = errors = sent = 0
+    toks = sent = 0
+    errors: Counter[str] = Counter()
     tasks = []
 
     async def one(q: str) -> None:
-        nonlocal toks, errors
+        nonlocal toks
         t = time.perf_counter()
         try:
             msg = await model.ainvoke(q)
             toks += int((msg.usage_metadata or {}).get("output_tokens") or 0)
             lat.append(time.perf_counter() - t)
-        except Exception:
-            errors += 1
+        except Exception as e:
+            errors[type(e).__name__] += 1
 
     start = time.perf_counter()
     next_at = start

@@ -7,7 +7,8 @@ cost has three parts, and each is here:
 * **Engine (GPU process)**: one decode step emits one token for each of the B running sequences
   and takes ``step_a + step_b * B`` seconds; a sequence that joins a step adds
   ``prefill_per_token * prompt_tokens`` to it. At most ``max_num_seqs`` sequences run; the rest
-  wait (FCFS).
+  wait, in arrival order (``scheduling_policy="fcfs"``, vLLM's default) or lowest ``priority``
+  first, ties in arrival order (``"priority"``, vLLM's ``--scheduling-policy priority``).
 * **Front-end (API-server process)**: serial, because vLLM's API server is one CPU-bound process.
   Modelled as a virtual clock ``fe_free_at`` that every cost is appended to, never by burning CPU:
   ``fe_per_request + fe_per_prompt * n`` on admission (parse, template, tokenize: the request
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
@@ -61,6 +63,7 @@ H100 = LatencyParams(
     max_num_seqs=1024,
 )
 PRESETS: dict[str, LatencyParams | None] = {"h100": H100, "zero": None}
+POLICIES = ("fcfs", "priority")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class SimConfig:
 
     ``latency="zero"`` answers at once (no engine, no front-end clock): used to measure client CPU.
     The ``step_*``/``fe_*``/``prefill_per_token``/``max_num_seqs`` fields override the preset.
+    ``scheduling_policy`` is vLLM's ``--scheduling-policy``: under ``"fcfs"`` a request's
+    ``priority`` is accepted and ignored, as vLLM's V1 engine does; under ``"priority"`` waiting
+    sequences are admitted lowest value first.
     """
 
     latency: str = "h100"
@@ -85,6 +91,7 @@ class SimConfig:
     fe_per_prompt: float | None = None
     fe_per_token: float | None = None
     max_num_seqs: int | None = None
+    scheduling_policy: str = "fcfs"
 
     def __post_init__(self) -> None:
         if self.latency not in PRESETS:
@@ -93,6 +100,9 @@ class SimConfig:
             raise ValueError("reasoning_field must be 'reasoning' or 'reasoning_content'")
         if self.speed <= 0:
             raise ValueError("speed must be > 0")
+        if self.scheduling_policy not in POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {POLICIES}, "
+                             f"not {self.scheduling_policy!r}")
         object.__setattr__(self, "faults", tuple(self.faults))  # a list is fine to pass
 
     def latency_params(self) -> LatencyParams | None:
@@ -113,6 +123,7 @@ class SimConfig:
             "--latency", self.latency, "--seed", str(self.seed),
             "--max-model-len", str(self.max_model_len), "--reasoning-field", self.reasoning_field,
             "--model-name", self.model_name, "--speed", repr(self.speed),
+            "--scheduling-policy", self.scheduling_policy,
         ]
         for f in fields(LatencyParams):
             value = getattr(self, f.name)
@@ -148,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "fe-per-token"):
         p.add_argument(f"--{name}", type=float, default=None, metavar="SECONDS")
     p.add_argument("--max-num-seqs", type=int, default=None)
+    p.add_argument("--scheduling-policy", choices=POLICIES, default="fcfs",
+                   help="fcfs (vLLM's default: a request's priority is ignored) or priority "
+                   "(lowest value admitted first)")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop when the parent process dies")
     return p
@@ -192,6 +206,38 @@ def _resolve(futs: list[asyncio.Future[None]]) -> None:
             fut.set_result(None)
 
 
+_Seq = tuple[int, Sequence[int], Sequence[_Group]]  # prompt tokens, token marks, their groups
+
+
+class _Fcfs(deque[_Seq]):
+    """The waiting queue in arrival order; ``priority`` is ignored, as under vLLM's fcfs."""
+
+    def push(self, priority: int, seq: _Seq) -> None:
+        self.append(seq)
+
+
+class _ByPriority:
+    """The waiting queue of vLLM's priority policy: lowest value first, then arrival order
+    (vLLM orders by ``(priority, arrival_time)``). Running sequences are never preempted here:
+    the simulator has no KV cache to run out of."""
+
+    __slots__ = ("_heap", "_n")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, _Seq]] = []
+        self._n = 0
+
+    def push(self, priority: int, seq: _Seq) -> None:
+        heapq.heappush(self._heap, (priority, self._n, seq))
+        self._n += 1
+
+    def popleft(self) -> _Seq:
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
 class Engine:
     """Continuous batching over a global step counter.
 
@@ -199,14 +245,17 @@ class Engine:
     are bucketed by step number, so a step costs O(events in it), not O(running sequences).
     """
 
-    def __init__(self, params: LatencyParams) -> None:
+    def __init__(self, params: LatencyParams, scheduling_policy: str = "fcfs") -> None:
+        if scheduling_policy not in POLICIES:
+            raise ValueError(f"scheduling_policy must be one of {POLICIES}")
         s = params.speed
         self._a, self._b = params.step_a / s, params.step_b / s
         self._c = params.prefill_per_token / s
         self._f_req, self._f_prompt = params.fe_per_request / s, params.fe_per_prompt / s
         self._f_tok = params.fe_per_token / s
         self._max = params.max_num_seqs
-        self._waiting: deque[tuple[int, Sequence[int], Sequence[_Group]]] = deque()
+        self._waiting: _Fcfs | _ByPriority = (
+            _ByPriority() if scheduling_policy == "priority" else _Fcfs())
         self._events: dict[int, list[tuple[_Group, bool]]] = {}
         self._step = 0
         self._fe_free = 0.0
@@ -233,20 +282,22 @@ class Engine:
         if free > now:
             await asyncio.sleep(free - now)
 
-    def submit(self, prompt_tokens: Sequence[int], n_tokens: Sequence[int]) -> asyncio.Future[None]:
+    def submit(self, prompt_tokens: Sequence[int], n_tokens: Sequence[int],
+               priority: int = 0) -> asyncio.Future[None]:
         """Queue sequences; the future resolves when all of them finished and left the front-end."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         group = _Group(fut, len(prompt_tokens))
         for p, n in zip(prompt_tokens, n_tokens, strict=True):
-            self._waiting.append((p, (max(1, n),), (group,)))
+            self._waiting.push(priority, (p, (max(1, n),), (group,)))
         self._kick()
         return fut
 
-    def submit_stream(self, prompt_tokens: int, marks: Sequence[int]) -> list[asyncio.Future[None]]:
+    def submit_stream(self, prompt_tokens: int, marks: Sequence[int],
+                      priority: int = 0) -> list[asyncio.Future[None]]:
         """One sequence, a future per mark (ascending token counts; the last is its length)."""
         loop = asyncio.get_running_loop()
         groups = [_Group(loop.create_future(), 1) for _ in marks]
-        self._waiting.append((prompt_tokens, [max(1, m) for m in marks], groups))
+        self._waiting.push(priority, (prompt_tokens, [max(1, m) for m in marks], groups))
         self._kick()
         return [g.fut for g in groups]
 

@@ -4,7 +4,7 @@
         [--max-model-len 2048] [--reasoning-field reasoning|reasoning_content]
         [--model-name Qwen-0.6B] [--fault SPEC ...] [--speed 1.0] [--step-a S] [--step-b S]
         [--prefill-per-token S] [--fe-per-request S] [--fe-per-prompt S] [--fe-per-token S]
-        [--max-num-seqs N]
+        [--max-num-seqs N] [--scheduling-policy fcfs|priority]
 
 It uses aiohttp's low-level ``web.Server`` (no router or middleware: a dict lookup per request) and
 orjson, so a client benchmark measures the client, not this server (see docs/simulator.md).
@@ -71,7 +71,7 @@ class SimApp:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         params = cfg.latency_params()
-        self.engine = Engine(params) if params is not None else None
+        self.engine = Engine(params, cfg.scheduling_policy) if params is not None else None
         self.faults = FaultSet(cfg.faults, cfg.seed)
         self.started = time.time()
         self.inflight = self.inflight_prompts = 0
@@ -79,6 +79,7 @@ class SimApp:
             ("GET", "/health"): self.health, ("GET", "/v1/models"): self.models,
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
+            ("GET", "/server_info"): self.server_info,
             ("GET", "/sim/stats"): self.sim_stats, ("POST", "/sim/reset"): self.sim_reset,
             ("POST", "/sim/faults"): self.sim_faults, ("GET", "/sim/faults"): self.sim_faults,
         }
@@ -165,12 +166,14 @@ class SimApp:
         finally:
             self.inflight_prompts -= n
 
-    async def _generate_wait(self, prompt_tokens: list[int], gens: list[Generation]) -> None:
+    async def _generate_wait(self, prompt_tokens: list[int], gens: list[Generation],
+                             priority: int = 0) -> None:
         """Hold the response for the modelled time (front-end admission, then the engine)."""
         with self._sequences(len(prompt_tokens)):
             if self.engine is not None:
                 await self.engine.admit(len(prompt_tokens))
-                await self.engine.submit(prompt_tokens, [g.completion_tokens for g in gens])
+                await self.engine.submit(prompt_tokens, [g.completion_tokens for g in gens],
+                                         priority)
 
     def mark_served(self, endpoint: str, prompts: int) -> None:
         self.served[endpoint] = self.served.get(endpoint, 0) + 1
@@ -184,6 +187,17 @@ class SimApp:
     async def models(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests["models"] = self.requests.get("models", 0) + 1
         return web.Response(body=self._models, content_type="application/json")
+
+    async def server_info(self, request: web.BaseRequest) -> web.StreamResponse:
+        """vLLM's dev-mode ``/server_info`` (``VLLM_SERVER_DEV_MODE=1``), cut to what says how
+        this server schedules: ``vllm_config.scheduler_config.policy``."""
+        config = {"scheduler_config": {"policy": self.cfg.scheduling_policy,
+                                       "max_num_seqs": self.cfg.max_num_seqs or 1024},
+                  "model_config": {"served_model_name": self.cfg.model_name,
+                                   "max_model_len": self.cfg.max_model_len}}
+        shown: Any = config if request.query.get("config_format") == "json" else str(config)
+        body = {"vllm_config": shown, "vllm_env": {}, "system_env": {}}
+        return web.Response(body=orjson.dumps(body), content_type="application/json")
 
     async def chat(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self._api(request, "chat", self._chat)
@@ -206,13 +220,15 @@ class SimApp:
         max_tokens = _int(body.get("max_completion_tokens") or body.get("max_tokens"), "max_tokens")
         self._check_len(prompt_tokens, max_tokens)
         n = _int(body.get("n"), "n") or 1
+        priority = _priority(request, body)
         gens = [self._chat_choice(body, conv, tools, max_tokens, j) for j in range(n)]
         rid, created = new_id("chatcmpl"), int(time.time())
         usage = _usage(prompt_tokens, sum(g.completion_tokens for g in gens))
         if body.get("stream"):
             return await self._stream(request, fault, "chat", rid, created, [prompt_tokens] * n,
-                                      gens, usage if _include_usage(body) else None)
-        await self._generate_wait([prompt_tokens] * n, gens)
+                                      gens, usage if _include_usage(body) else None,
+                                      priority=priority)
+        await self._generate_wait([prompt_tokens] * n, gens, priority)
         field = self.cfg.reasoning_field
         choices = []
         for j, g in enumerate(gens):
@@ -268,6 +284,7 @@ class SimApp:
         max_tokens = _int(body.get("max_tokens"), "max_tokens")
         max_tokens = 16 if max_tokens is None else max_tokens  # vLLM/OpenAI completions default
         n = _int(body.get("n"), "n") or 1
+        priority = _priority(request, body)
         ptoks = [count_tokens(p) if isinstance(p, str) else len(p) for p in prompts]
         for p in ptoks:
             self._check_len(p, max_tokens)
@@ -278,8 +295,9 @@ class SimApp:
         rid, created = new_id("cmpl"), int(time.time())
         if body.get("stream"):
             return await self._stream(request, fault, "completions", rid, created, seq_prompts,
-                                      gens, usage if _include_usage(body) else None, len(prompts))
-        await self._generate_wait(seq_prompts, gens)
+                                      gens, usage if _include_usage(body) else None, len(prompts),
+                                      priority)
+        await self._generate_wait(seq_prompts, gens, priority)
         ids = bool(body.get("return_token_ids"))
         choices = []
         for i, g in enumerate(gens):
@@ -299,7 +317,8 @@ class SimApp:
     # -------------------------------------------------------------------------------- streaming
     async def _stream(self, request: web.BaseRequest, fault: Fault | None, endpoint: str, rid: str,
                       created: int, seq_prompts: list[int], gens: list[Generation],
-                      usage: dict[str, Any] | None, n_prompts: int = 1) -> web.StreamResponse:
+                      usage: dict[str, Any] | None, n_prompts: int = 1,
+                      priority: int = 0) -> web.StreamResponse:
         """SSE like vLLM: per choice a role chunk, deltas paced by the engine, finish_reason on the
         last delta, then the usage chunk (``choices: []``) when asked, then ``data: [DONE]``."""
         chat = endpoint == "chat"
@@ -322,7 +341,7 @@ class SimApp:
                 for j, plan in enumerate(plans):  # the role chunk (mark 0) waits for nothing
                     marks = [m for m, _ in plan if m > 0]
                     futs[j][len(plan) - len(marks) :] = self.engine.submit_stream(
-                        seq_prompts[j], marks)
+                        seq_prompts[j], marks, priority)
             items = []
             order = sorted((m, j, i) for j, p in enumerate(plans) for i, (m, _) in enumerate(p))
             for _, j, i in order:
@@ -375,6 +394,19 @@ def _int(value: Any, name: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f"`{name}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _priority(request: web.BaseRequest, body: dict[str, Any]) -> int:
+    """vLLM's request priority: the ``X-Vllm-Priority`` header (when an integer) over the body's
+    ``priority`` (default 0, lower is handled earlier)."""
+    header = request.headers.get("X-Vllm-Priority")
+    if header is not None:
+        with contextlib.suppress(ValueError):
+            return int(header)
+    value = body.get("priority", 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(f"`priority` must be an integer, got {value!r}")
     return value
 
 

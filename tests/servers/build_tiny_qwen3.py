@@ -4,11 +4,15 @@ Run inside ``.venv-vllm`` (torch, tokenizers, transformers, safetensors, tiktoke
 ``bash tests/servers/vllm_cpu.sh model``::
 
     python build_tiny_qwen3.py --dashscope-wheel dashscope-2.0.2-py3-none-any.whl \
-        --template qwen3_chat_template.jinja --out .cache/tiny-qwen3
+        --template .cache/trl/qwen3.jinja --out .cache/tiny-qwen3
 
 Output: tokenizer.json, tokenizer_config.json (with the chat template), chat_template.jinja,
 config.json, generation_config.json, model.safetensors, SCRIPT.json (the chain and bias table, for
 humans and tests).
+
+Chat template: Qwen3-0.6B's official one, which ``vllm_cpu.sh model`` takes from the pinned trl wheel
+(``qwen3_template.py``, sha256-checked), so the tier's server renders prompts exactly as a real Qwen3
+deployment does.
 
 Tokenizer: the real Qwen BPE. Its 151,643 ranks ship in the PyPI package ``dashscope``
 (``qwen.tiktoken``); they become a byte-level BPE ``tokenizer.json`` (rank = id; merges derived from
@@ -564,7 +568,26 @@ def check_template(out: str) -> None:
     )
     if got != want:
         raise SystemExit(f"template (tools): got {got!r}\nwant {want!r}")
-    print("  chat template OK (plain turns, thinking switch, tools, tool loop)")
+    # ReAct: tool results sent back as user text. Reasoning after the last real query is kept, earlier
+    # reasoning is dropped (what render_chatml reproduces for the completions wire).
+    react = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "<think>\nold\n</think>\n\nHey"},
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "<think>\nUse the tool.\n</think>\n\nAction: weather[Paris]"},
+        {"role": "user", "content": "<tool_response>\nsunny\n</tool_response>"},
+    ]
+    got = hf.apply_chat_template(react, tokenize=False, add_generation_prompt=True, enable_thinking=False)
+    want = (
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHey<|im_end|>\n"
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\nUse the tool.\n</think>\n\nAction: weather[Paris]<|im_end|>\n"
+        "<|im_start|>user\n<tool_response>\nsunny\n</tool_response><|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+    if got != want:
+        raise SystemExit(f"template (ReAct): got {got!r}\nwant {want!r}")
+    print("  chat template OK (plain turns, thinking switch, tools, tool loop, ReAct reasoning)")
 
 
 def check_model(out: str, trans: dict[int, int], bias: dict[int, float]) -> dict[str, list[int]]:
@@ -631,7 +654,7 @@ def main(argv: list[str] | None = None) -> int:
         "--dashscope-wheel", required=True, help="dashscope-*.whl holding qwen.tiktoken"
     )
     ap.add_argument(
-        "--template", default=os.path.join(os.path.dirname(__file__), "qwen3_chat_template.jinja")
+        "--template", required=True, help="the chat template (Qwen3's official one: see qwen3_template.py)"
     )
     ap.add_argument("--out", required=True)
     ap.add_argument(

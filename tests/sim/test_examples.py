@@ -26,12 +26,14 @@ RUNS = {
     "lcel_abatch_pipeline.py": ["--n", "200", "--max-tokens", "16"],
     "agent_with_tools.py": [],
     "structured_extraction.py": ["--n", "8"],
+    "ray_bulk_job.py": ["--rows", "2000", "--max-tokens", "16"],  # a local Ray cluster, two actors
 }
 EXPECT = {
     "migrate_from_chatopenai.py": "after  BatchedChatQwen 16 answers",
     "lcel_abatch_pipeline.py": "200 taglines in",
     "agent_with_tools.py": "tool: ",  # the agent called a tool and got its result
     "structured_extraction.py": "8/8 extracted",
+    "ray_bulk_job.py": "2000/2000 rows answered, 0 failed",
 }
 
 
@@ -54,7 +56,7 @@ def runs() -> Iterator[dict[str, subprocess.Popen[str]]]:
                     proc.wait()
 
 
-def test_the_four_examples_exist() -> None:
+def test_every_example_named_here_exists() -> None:
     assert set(RUNS) <= set(SCRIPTS)
 
 

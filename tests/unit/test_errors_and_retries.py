@@ -316,9 +316,26 @@ def test_non_json_200_body_raises_clear_error(mock_model: Any) -> None:
     assert rec.count == 1
 
 
-def test_json_200_without_choices_raises_clear_error(mock_model: Any) -> None:
-    model, _ = mock_model(_sequence(httpx.Response(200, json={"object": "list", "data": []})))
-    with pytest.raises(ValueError, match="no choices"):
+@pytest.mark.parametrize("wire", ["chat", "completions"])
+def test_json_200_without_choices_raises_invalid_response_not_retried(mock_model: Any, wire: str) -> None:
+    model, rec = mock_model(
+        _sequence(httpx.Response(200, json={"object": "list", "data": []})), wire_mode=wire, max_tokens=8
+    )
+    with pytest.raises(InvalidResponseError, match="no choices") as ei:
+        model.invoke("hi")
+    assert isinstance(ei.value, ModelAPIError)  # `except ModelError` catches a server that is not OpenAI-shaped
+    assert rec.count == 1
+
+
+@pytest.mark.parametrize(
+    "body",
+    [[1, 2], {"choices": "abc"}, {"choices": [7]}, {"choices": [{"message": "text"}]},
+     {"choices": [{"message": {"content": "x"}}], "usage": [3]}],
+    ids=["list", "choices_str", "choice_int", "message_str", "usage_list"],
+)
+def test_json_200_of_the_wrong_shape_raises_invalid_response(mock_model: Any, body: Any) -> None:
+    model, _ = mock_model(_sequence(httpx.Response(200, json=body)))
+    with pytest.raises(InvalidResponseError, match="not an OpenAI-compatible response"):
         model.invoke("hi")
 
 

@@ -1,4 +1,7 @@
-"""render_chatml against hand-written golden strings; can_render; split_reasoning edge cases."""
+"""render_chatml against hand-written golden strings; can_render; split_reasoning edge cases.
+
+The comparison with Qwen3's official template itself is in ``test_qwen_render_official.py``.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +36,61 @@ def test_render_does_not_mutate_messages() -> None:
     snapshot = json.dumps(msgs)
     render_chatml(msgs, enable_thinking=False)
     assert json.dumps(msgs) == snapshot
+
+
+_TR = "<|im_start|>user\n<tool_response>\nobs\n</tool_response><|im_end|>\n"
+
+
+@pytest.mark.parametrize(
+    ("second_user", "expected_assistant"),
+    [
+        # A tool result sent back as user text is not a query: the assistant turn before it belongs to the
+        # loop after the last real query and keeps its reasoning.
+        ("<tool_response>\nobs\n</tool_response>", "<think>\nplan\n</think>\n\nAction: look"),
+        # Not wholly wrapped: a real query, so the reasoning before it is dropped.
+        ("<tool_response>\nobs\n</tool_response>\n", "Action: look"),
+        (" <tool_response>\nobs\n</tool_response>", "Action: look"),
+        ("thanks", "Action: look"),
+    ],
+)
+def test_reasoning_is_kept_only_after_the_last_real_user_query(second_user: str, expected_assistant: str) -> None:
+    msgs = [
+        {"role": "user", "content": "Q"},
+        {"role": "assistant", "content": "<think>\n\nplan\n</think>\n\n\nAction: look"},
+        {"role": "user", "content": second_user},
+    ]
+    assert can_render(msgs)
+    assert render_chatml(msgs, enable_thinking=False) == (
+        f"<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n{expected_assistant}<|im_end|>\n"
+        f"<|im_start|>user\n{second_user}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("<think>\n\n</think>\n\nAction", "Action"),  # empty reasoning: no think block at all
+        ("<think> </think>Action", "<think>\n \n</think>\n\nAction"),  # only newlines count as empty
+        # reasoning: after the last <think> before the first </think>; content: after the last </think>
+        ("<think>a<think>b</think>c</think>\nd", "<think>\nb\n</think>\n\nd"),
+        ("<think>\nunclosed", "<think>\nunclosed"),  # no </think>: nothing is split
+        ("Action", "Action"),
+    ],
+)
+def test_react_loop_reasoning_is_split_as_the_template_splits_it(content: str, expected: str) -> None:
+    msgs = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": content},
+            {"role": "user", "content": "<tool_response>\nobs\n</tool_response>"}]
+    assert render_chatml(msgs, enable_thinking=True) == (
+        f"<|im_start|>user\nQ<|im_end|>\n<|im_start|>assistant\n{expected}<|im_end|>\n{_TR}<|im_start|>assistant\n"
+    )
+
+
+def test_no_real_query_keeps_no_reasoning() -> None:
+    # Only tool results: the template takes the final turn as the query, so no assistant turn follows it.
+    msgs = [{"role": "user", "content": "<tool_response>\na\n</tool_response>"},
+            {"role": "assistant", "content": "<think>r</think>c"},
+            {"role": "user", "content": "<tool_response>\nobs\n</tool_response>"}]
+    assert "<think>" not in render_chatml(msgs, enable_thinking=True)
 
 
 @pytest.mark.parametrize(

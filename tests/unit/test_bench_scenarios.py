@@ -1,0 +1,72 @@
+"""Benchmark rows count their errors by type (bench/scenarios.py), whichever client made them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from _qwen_fakes import LocalServer, chat_body, last_user_text
+
+from langchain_qwen_fast.bench import scenarios as S
+
+
+def test_the_recorder_counts_llm_errors_by_exception_type() -> None:
+    rec = S.LatencyRecorder()
+    for error in (TimeoutError(), ValueError("a"), ValueError("b")):
+        rec.on_llm_error(error, run_id=uuid.uuid4())
+    assert rec.errors == {"ValueError": 2, "TimeoutError": 1}
+
+
+def test_a_row_holds_the_total_and_the_types() -> None:
+    w = S.Workload("http://127.0.0.1:1/v1", n=10)
+    row = S._result("x", w, 1.0, 0.1, [0.5], 0, {"ServerError": 2, "HTTP 503": 1})
+    assert (row["errors"], row["error_types"]) == (3, {"ServerError": 2, "HTTP 503": 1})
+    clean = S._result("x", w, 1.0, 0.1, [0.5], 0, 0)  # a client that counts no types (httpx_serial)
+    assert (clean["errors"], clean["error_types"]) == (0, {})
+
+
+def _what_fails(status: int) -> Callable[[dict[str, Any]], tuple[int, dict[str, Any]]]:
+    """The server answers ``status`` to every question that starts with "What", 200 to the others."""
+
+    def respond(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if last_user_text(payload).startswith("What"):
+            return status, {"error": {"message": "no", "type": "BadRequestError"}}
+        return 200, chat_body("ok")
+
+    return respond
+
+
+def test_raw_client_rows_count_http_statuses_and_connection_errors(
+    local_server: Callable[..., LocalServer],
+) -> None:
+    server = local_server()
+    server.respond = _what_fails(503)
+    w = S.Workload(server.base_url, n=30, max_tokens=8)
+    failing = sum(q.startswith("What") for q in S.prompts(30))
+    row = S.raw_scenario(w, "chat", 8)
+    assert (row["errors"], row["error_types"]) == (failing, {"HTTP 503": failing})
+
+    refused = S.raw_scenario(S.Workload("http://127.0.0.1:9/v1", n=3, max_tokens=8), "chat", 2)
+    assert refused["errors"] == 3 and set(refused["error_types"]) == {"ClientConnectorError"}
+
+
+def test_langchain_client_rows_name_the_exception_each_failed_call_raised(
+    local_server: Callable[..., LocalServer],
+) -> None:
+    server = local_server()
+    server.respond = _what_fails(400)
+    w = S.Workload(server.base_url, n=20, max_tokens=8)
+    failing = sum(q.startswith("What") for q in S.prompts(20))
+    row = S.qwen_scenario(w, "batch", "chat", max_retries=0)
+    assert (row["errors"], row["error_types"]) == (failing, {"BadRequestError": failing})
+
+
+def test_open_loop_rows_count_errors_by_type() -> None:
+    class Failing:
+        async def ainvoke(self, q: str) -> Any:
+            raise ConnectionResetError("gone")
+
+    lat, _, errors, sent = asyncio.run(S._poisson(S.Workload("http://x/v1"), Failing(), 400.0, 0.05, seed=1))
+    assert sent > 0 and lat == [] and errors == {"ConnectionResetError": sent}
