@@ -1,0 +1,66 @@
+"""A queue worker's settings, checked when built, and the admission capacity it reads jobs up to."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from langchain_qwen_fast.integrations._jobs import Keys
+
+
+def default_consumer() -> str:
+    """Unique per process: a restarted worker must not inherit (and never reclaim) a dead one's name."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """How one worker reads, reclaims and answers; ``max_in_flight=None`` takes the model's admission capacity."""
+
+    stream: str
+    group: str
+    consumer: str = field(default_factory=default_consumer)
+    max_in_flight: int | None = None
+    claim_idle_s: float = 60.0
+    block_s: float = 1.0
+    max_job_bytes: int = 1 << 20
+    max_deliveries: int = 5
+    result_ttl_s: int = 86400
+    reply_maxlen: int = 100_000
+    dead_maxlen: int = 100_000
+    trim_interval_s: float = 30.0
+    drain_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        Keys(self.stream)  # checks the name
+        if not self.group or not self.consumer:
+            raise ValueError("group and consumer must be non-empty")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        for name in ("claim_idle_s", "block_s", "drain_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.trim_interval_s < 0:
+            raise ValueError("trim_interval_s must be >= 0 (0: never trim)")
+        for name in ("max_job_bytes", "max_deliveries", "result_ttl_s", "reply_maxlen", "dead_maxlen"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    @property
+    def claim_interval_s(self) -> float:
+        """Heartbeats and reclaim scans run four times per idle period: a live job is refreshed well before it
+        could look abandoned, and a dead worker's job waits at most 1.25 idle periods."""
+        return max(0.02, self.claim_idle_s / 4)
+
+
+def admission_capacity(model: Any) -> int:
+    """Sequences the model admits at once: the sum of per-replica limits when ``stats()`` reports them, else
+    ``max_concurrency`` (one pool-wide limit)."""
+    endpoints = (model.stats().get("endpoints") or {}).values()
+    limits = [ep.get("limit") for ep in endpoints]
+    if limits and all(isinstance(x, int) and x > 0 for x in limits):
+        return int(sum(limits))  # type: ignore[arg-type]
+    return int(model.max_concurrency)
