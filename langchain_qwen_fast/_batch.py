@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
@@ -138,7 +138,7 @@ def iter_fast(
 async def aiter_fast(
     model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
     kwargs: dict[str, Any], raise_early: bool,
-) -> AsyncIterator[tuple[int, Any]]:
+) -> AsyncGenerator[tuple[int, Any], None]:
     """The async twin of :func:`iter_fast`."""
     d = _Driver(model, lane, inputs, config, kwargs, return_exceptions)
     prep, number = d.prep, 0
@@ -221,7 +221,7 @@ def batch_as_completed_fast(
     if not inputs:
         return
     if not _fast_path_ok(model, lane, kwargs):
-        yield from BaseChatModel.batch_as_completed(
+        yield from BaseChatModel.batch_as_completed(  # type: ignore[call-overload]
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         )
         return
@@ -235,7 +235,7 @@ async def abatch_as_completed_fast(
     if not inputs:
         return
     if not _fast_path_ok(model, lane, kwargs):
-        async for pair in BaseChatModel.abatch_as_completed(
+        async for pair in BaseChatModel.abatch_as_completed(  # type: ignore[call-overload]
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         ):
             yield pair

@@ -6,6 +6,7 @@ anything is sent, and raised as ``ValueError`` naming the message and the proble
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -225,7 +226,10 @@ def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any
 
 def _generation_info(choice: Mapping[str, Any]) -> dict[str, Any]:
     # The openai SDK's Choice always has ``logprobs``, so ChatOpenAI's response_metadata always has the key.
-    return {"finish_reason": choice.get("finish_reason"), "logprobs": choice.get("logprobs")}
+    # The reason is one of a few words; interned, 100,000 answers share them instead of holding a copy each.
+    reason = choice.get("finish_reason")
+    return {"finish_reason": sys.intern(reason) if isinstance(reason, str) else reason,
+            "logprobs": choice.get("logprobs")}
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:

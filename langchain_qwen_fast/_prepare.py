@@ -87,7 +87,10 @@ class Prepared:
         n, start, size = len(self.inputs), 0, _FIRST_CHUNK
         while start < n:
             end = min(n, start + size)
-            cfgs, msgs_out, items, errors = [], [], [], []
+            cfgs: list[Any] = []
+            msgs_out: list[Any] = []
+            items: list[Any] = []
+            errors: list[tuple[int, BaseException]] = []
             for i in range(start, end):
                 try:
                     msgs = _normalize_messages(self.model._convert_input(self.inputs[i]).to_messages())

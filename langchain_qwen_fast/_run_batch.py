@@ -62,8 +62,8 @@ def run_batch_as_completed(
 
     async def drive() -> None:
         try:
-            async for pair in runnable.abatch_as_completed(
-                list(inputs), config, return_exceptions=return_exceptions, **kwargs  # type: ignore[arg-type]
+            async for pair in runnable.abatch_as_completed(  # type: ignore[call-overload]
+                list(inputs), config, return_exceptions=return_exceptions, **kwargs
             ):
                 q.put(pair)
             q.put(_END)

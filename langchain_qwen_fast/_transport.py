@@ -217,14 +217,20 @@ class Transport:
 
     def _next(self, attempt_no: int, exc: BaseException, deadline: float) -> tuple[Replica, float]:
         """Where the next try goes and how long to wait first: at once on another replica, after
-        backoff (or Retry-After) on the same one."""
+        backoff (or Retry-After) on the same one, and never before a 503 pause of that replica ends."""
         failed = getattr(exc, "_replica", None)
         ep = self.replicas.for_retry(failed)
         if ep is not failed and not ep.ejected:
             log.debug("qwen-fast: retry %d of %d after %s on another replica", attempt_no,
                       self.retry.max_retries, _describe(exc))
             return ep, 0.0
-        return ep, self._delay(attempt_no, exc, deadline)
+        delay = self._delay(attempt_no, exc, deadline)
+        pause = ep.busy_until - time.monotonic()
+        if pause > delay:
+            if time.monotonic() + pause >= deadline:
+                raise exc
+            delay = pause
+        return ep, delay
 
     async def _retry(self, attempt: _Attempt[T], deadline: float, first: BaseException) -> T:
         target, delay = self._next(1, first, deadline)

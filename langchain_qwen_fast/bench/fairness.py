@@ -102,7 +102,8 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.fairness", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.fairness",
+                                 description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--base-url", default=None, help="the server; default: a simulated one")
     ap.add_argument("--max-tokens", default="32,128", help="answer lengths, comma-separated")
@@ -127,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             w = S.Workload(base_url=url, model=a.model, max_tokens=mt, n=a.n)
             for rnd in range(a.rounds):
                 for name, client, how, fields, inter in plan([int(x) for x in a.headroom.split(",")], not a.no_openai):
-                    make = (lambda f=fields: S.qwen_model(w, **f)) if client == "qwen" else (lambda: S.openai_model(w))
+
+                    def make(c: str = client, f: dict[str, Any] = fields, wk: S.Workload = w) -> Any:
+                        return S.qwen_model(wk, **f) if c == "qwen" else S.openai_model(wk)
+
                     row = {"scenario": name, "client": client, "bulk": how, "max_tokens": mt, "n": a.n,
                            "round": rnd, **fields, **run(make, how, w, inter), "t": time.time()}
                     rows.append(row)

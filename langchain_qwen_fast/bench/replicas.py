@@ -108,7 +108,8 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.replicas", description=__doc__.split("\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.replicas",
+                                 description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--servers", default="1,3", help="engine counts to compare, comma-separated")
     ap.add_argument("--base-url", action="append", default=[], help="an engine (repeat); default: simulated engines")

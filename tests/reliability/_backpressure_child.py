@@ -1,7 +1,8 @@
-"""Child process of test_backpressure.py: ``abatch`` N short prompts, report one JSON line.
+"""Child process of test_backpressure.py: ``abatch`` (or ``batch``) N short prompts, report one JSON line.
 
-A process of its own, so ``ru_maxrss`` is this workload's peak and not the test session's.
-Usage: ``python _backpressure_child.py BASE_URL N MAX_CONCURRENCY WIRE``
+A process of its own, so ``ru_maxrss`` is this workload's peak and not the test session's; it is read
+when the batch returns, before the test's own bookkeeping (the Ledger) records the outcomes.
+Usage: ``python _backpressure_child.py BASE_URL N MAX_CONCURRENCY WIRE [abatch|batch]``
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def _rss_mib() -> float:
 
 def main() -> None:
     base_url, n, maxc, wire = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    how = sys.argv[5] if len(sys.argv) > 5 else "abatch"
     model = BatchedChatQwen(
         base_url=base_url,
         model=SIM_MODEL,
@@ -36,29 +39,31 @@ def main() -> None:
         wire_mode=wire,
         timeout=300.0,
     )
-    led = Ledger(f"{n} pending items, abatch, max_concurrency={maxc} ({wire})")
+    led = Ledger(f"{n} pending items, {how}, max_concurrency={maxc} ({wire})")
     ids, prompts = led.prompts(n)
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     samples: list[float] = []
     seen: list[dict[str, int]] = []
 
-    async def run() -> list[object]:
-        async def watch() -> None:  # the dispatcher's own view while the queue drains
-            while True:
-                st = model.stats()
-                seen.append({"in_flight": st["in_flight"], "queued": st["queued"]})
-                samples.append(_rss_mib())
-                await asyncio.sleep(0.25)
+    stop = threading.Event()
 
-        w = asyncio.create_task(watch())
-        try:
-            return await model.abatch(prompts, return_exceptions=True)
-        finally:
-            w.cancel()
+    def watch() -> None:  # the dispatcher's own view while the batch drains, from another thread
+        while not stop.wait(0.25):
+            st = model.stats()
+            seen.append({"in_flight": st["in_flight"], "queued": st["queued"]})
+            samples.append(_rss_mib())
 
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     t0 = time.monotonic()
-    outs = asyncio.run(run())
+    if how == "abatch":
+        outs = asyncio.run(model.abatch(prompts, return_exceptions=True))
+    else:
+        outs = model.batch(prompts, return_exceptions=True)
     elapsed = time.monotonic() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stop.set()
+    watcher.join()
     led.record_all(ids, outs)
     t = led.tally()
     st = model.stats()
@@ -68,7 +73,7 @@ def main() -> None:
                 "row": t.row(),
                 "problems": t.problems[:10],
                 "elapsed_s": round(elapsed, 2),
-                "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_rss_mib": round(peak, 1),
                 "peak_rss_before_mib": round(peak_before, 1),
                 "rss_samples_max_mib": round(max(samples or [0]), 1),
                 "client_max_in_flight": st["max_in_flight"],

@@ -63,7 +63,9 @@ def test_an_interactive_call_does_not_wait_behind_a_bulk_batch(scratch_sim: Sim,
     note(f"head of line: idle invoke p50 {_p(idle, 0.5):.3f} s; during a 6000 batch ({queued_at_start} queued) "
          f"{len(busy)} invokes p50 {_p(busy, 0.5):.3f} s p95 {_p(busy, 0.95):.3f} s max {max(busy):.3f} s; "
          f"bulk {bulk_s:.2f} s")
-    assert queued_at_start > 2000  # the bulk really was queued deep when the interactive calls came
+    # The bulk held the whole admission limit with more queued behind it (a batch keeps up to twice the
+    # capacity prepared; the rest of its inputs wait, unprepared, in the caller's list).
+    assert queued_at_start >= 500, queued_at_start
     assert len(busy) >= 5
     # One FIFO queue made this wait for the whole backlog (several seconds, most of the bulk's time);
     # with flows it waits for the next free slot, then the server's own latency under load.
@@ -149,14 +151,14 @@ def test_higher_priority_goes_first_and_lower_still_progresses(scratch_sim: Sim,
 def test_a_cancelled_bulk_flow_frees_its_queue_at_once(scratch_sim: Sim, make_model: MakeModel) -> None:
     srv = scratch_sim(latency="h100", speed=1.0)
     bulk, inter = make_model(srv, max_concurrency=64), make_model(srv, max_concurrency=64)
-    led = Ledger("a call right after a 20000-item abatch was cancelled while queued")
+    led = Ledger("a call right after a 20000-item abatch was cancelled with its flow queued")
     prompts = [Ledger.prompt(f"bulk-{i}") for i in range(20000)]  # a cancelled abatch has no per-item outcome
 
     cancel_at: list[float] = []
 
     async def scenario() -> None:
         task = asyncio.ensure_future(bulk.abatch(prompts, return_exceptions=True))
-        while bulk.stats()["queued"] < 15000:
+        while bulk.stats()["queued"] < 1000:  # the batch's prepared inputs wait behind 64 in flight
             await asyncio.sleep(0.01)
         cancel_at.append(time.perf_counter())
         task.cancel()
@@ -176,7 +178,8 @@ def test_a_cancelled_bulk_flow_frees_its_queue_at_once(scratch_sim: Sim, make_mo
     (one,), (p,) = led.prompts(1)
     led.record(one, inter.invoke(p))
     after = time.perf_counter() - t0
-    note(f"cancelled bulk flow: queue of ~15000+ freed in {freed * 1000:.1f} ms; the next invoke took {after:.3f} s")
+    note(f"cancelled bulk flow: its queue (1000+ prepared inputs) freed in {freed * 1000:.1f} ms; "
+         f"the next invoke took {after:.3f} s")
     assert freed < 0.5, freed
     assert after < 2.0, after
     deadline = time.monotonic() + 10

@@ -217,8 +217,8 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica_until_the_load_bound(
 
     plain = make_model([s.base_url for s in sims])  # least-outstanding: ties rotate
     before = [served(s) for s in sims]
-    ids2, prompts2 = led.prompts(30)
-    for i, p in zip(ids2, prompts2, strict=True):
+    _, prompts2 = led.prompts(30)
+    for p in prompts2:
         plain.invoke(convo(p))
     spread = [served(s) - b for s, b in zip(sims, before, strict=True)]
     assert sum(1 for x in spread if x) >= 2, spread

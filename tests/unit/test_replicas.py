@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import pytest
 
 from langchain_qwen_fast._errors import APIConnectionError, ServerError, connection_error, from_status
-from langchain_qwen_fast._replicas import HealthPolicy, ReplicaSet, RoutingPolicy, prefix_keys
 from langchain_qwen_fast._qwen import render_chatml
+from langchain_qwen_fast._replicas import HealthPolicy, ReplicaSet, RoutingPolicy, prefix_keys
 
 URLS = ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
 
@@ -127,7 +128,7 @@ async def test_an_ejected_replica_is_probed_back_with_backoff() -> None:
     assert await rs.wait_healthy(2.0)
     assert not a.ejected and not rs.all_down() and woke == [True]
     assert len(calls) == 3
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert gaps[1] > gaps[0] * 1.5  # backoff
     await rs.aclose()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -62,7 +63,7 @@ def test_two_bulk_flows_take_turns_by_sequences(loop: Any) -> None:
         s.push(b, it)
     order = serve(s, 10)
     assert order.count(a) == order.count(b) == 5
-    assert all(x is not y for x, y in zip(order, order[1:]))  # alternating
+    assert all(x is not y for x, y in itertools.pairwise(order))  # alternating
 
 
 def test_small_lists_still_count_as_sequences(loop: Any) -> None:
