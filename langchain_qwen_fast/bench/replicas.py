@@ -72,38 +72,63 @@ def qwen_scenario(urls: list[str], w: S.Workload, how: str, **fields: Any) -> di
     wk = S.Workload(base_url=urls if len(urls) > 1 else urls[0], model=w.model, max_tokens=w.max_tokens,  # type: ignore[arg-type]
                     n=w.n, temperature=w.temperature, api_key=w.api_key)
     model = S.qwen_model(wk, **fields)
-    tag = "".join(f"_{k}{v}" for k, v in sorted(fields.items()))
-    out = S._lc_run(f"qwen_{how}_x{len(urls)}{tag}", wk, model, how, client="BatchedChatQwen", engines=len(urls))
+    tag = {"max_total_concurrency": "_shared512", "routing": "_affinity"}
+    suffix = "".join(tag.get(k, f"_{k}{v}") for k, v in sorted(fields.items()))
+    out = S._lc_run(f"qwen_{how}_x{len(urls)}{suffix}", wk, model, how, client="BatchedChatQwen", engines=len(urls))
     out["dispatcher_max_in_flight"] = model.stats()["max_in_flight"]
     return out
 
 
-def plan(counts: list[int], urls: list[str]) -> list[tuple[str, Any]]:
+def plan(counts: list[int], urls: list[str], variants: set[int] | None = None,
+         openai: bool = False) -> list[tuple[str, Any]]:
+    """Per engine count: raw lists, ``.batch`` and ``.abatch``; for the counts in ``variants`` (default: every
+    count above 1) also the old shared limit and prefix affinity; with ``openai``, ChatOpenAI's default
+    ``.batch`` against the first engine."""
     steps: list[tuple[str, Any]] = []
+    if openai:
+        steps.append(("openai_batch_default_x1", lambda w, u=urls[:1]: _openai(u, w)))
     for k in counts:
         sub = urls[:k]
         steps.append((f"raw_lists_x{k}", lambda w, u=sub: raw_scenario(u, w)))
         steps.append((f"qwen_batch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "batch")))
         steps.append((f"qwen_abatch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "abatch")))
+        if k > 1 and (variants is None or k in variants):
+            # one limit shared by all engines (the old default), and prefix affinity on this plain workload
+            steps.append((f"qwen_batch_x{k}_shared512",
+                          lambda w, u=sub: qwen_scenario(u, w, "batch", max_total_concurrency=512)))
+            steps.append((f"qwen_batch_x{k}_affinity",
+                          lambda w, u=sub: qwen_scenario(u, w, "batch", routing="prefix_affinity")))
     return steps
 
 
+def _openai(urls: list[str], w: S.Workload) -> dict[str, Any]:
+    wk = S.Workload(base_url=urls[0], model=w.model, max_tokens=w.max_tokens, n=w.n, temperature=w.temperature,
+                    api_key=w.api_key)
+    out = S._lc_run("openai_batch_default_x1", wk, S.openai_model(wk), "batch", client="ChatOpenAI")
+    out["engines"] = 1
+    return out
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
-    """Markdown: per engine count, each scenario's req/s and its within-round ratio to raw lists."""
-    out = ["| engines | scenario | req/s (median) | x raw lists, per round (median, range) |", "|---|---|---|---|"]
+    """Markdown: per engine count, each scenario's req/s and its within-round ratios to raw lists over the same
+    engines and, where the run has it, to ChatOpenAI's default ``.batch`` against one engine."""
+    openai = {r["round"]: r["req_s"] for r in rows if r["scenario"].startswith("openai") and r.get("req_s")}
+    out = ["| engines | scenario | req/s (median) | x raw lists, per round (median, range) | x ChatOpenAI .batch |",
+           "|---|---|---|---|---|"]
     by_round: dict[tuple[int, int], dict[str, float]] = {}
     for r in rows:
         if r.get("req_s"):
             by_round.setdefault((r["engines"], r["round"]), {})[r["scenario"]] = r["req_s"]
-    engines = sorted({e for e, _ in by_round})
-    for e in engines:
-        rounds = [v for (k, _), v in sorted(by_round.items()) if k == e]
-        names = sorted({n for v in rounds for n in v}, key=lambda n: (not n.startswith("raw"), n))
+    for e in sorted({e for e, _ in by_round}):
+        rounds = [(rnd, v) for (k, rnd), v in sorted(by_round.items()) if k == e]
+        names = sorted({n for _, v in rounds for n in v}, key=lambda n: (not n.startswith("raw"), n))
         for name in names:
-            vals = [v[name] for v in rounds if name in v]
-            rel = [v[name] / v[f"raw_lists_x{e}"] for v in rounds if name in v and v.get(f"raw_lists_x{e}")]
+            vals = [v[name] for _, v in rounds if name in v]
+            rel = [v[name] / v[f"raw_lists_x{e}"] for _, v in rounds if name in v and v.get(f"raw_lists_x{e}")]
             spread = f"{statistics.median(rel):.2f}x ({min(rel):.2f}-{max(rel):.2f})" if rel else "-"
-            out.append(f"| {e} | {name} | {statistics.median(vals):.1f} | {spread} |")
+            vs = [v[name] / openai[rnd] for rnd, v in rounds if name in v and rnd in openai]
+            oa = f"{statistics.median(vs):.2f}x ({min(vs):.2f}-{max(vs):.2f})" if vs else "-"
+            out.append(f"| {e} | {name} | {statistics.median(vals):.1f} | {spread} | {oa} |")
     return out
 
 
@@ -118,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (ignore_eos)")
     ap.add_argument("--model", default="Qwen-0.6B", help="served model name")
     ap.add_argument("--out", default="qwen-fast-bench", help="folder for the JSON lines and the table")
+    ap.add_argument("--variants", default=None, help="engine counts that also run the shared-limit and affinity rows")
+    ap.add_argument("--openai", action="store_true", help="add ChatOpenAI's default .batch against the first engine")
+    ap.add_argument("--deadline", type=float, default=0, help="unix time after which no new run starts")
     a = ap.parse_args(argv)
     counts = [int(x) for x in a.servers.split(",")]
     folder = Path(a.out)
@@ -135,10 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         warm = S.Workload(base_url=urls[0], model=a.model, max_tokens=a.max_tokens, n=256)
         raw_scenario(urls, warm)
         qwen_scenario(urls, warm, "batch")
+        variants = {int(x) for x in a.variants.split(",")} if a.variants else None
         for rnd in range(a.rounds):
-            for name, fn in plan(counts, urls):
+            for name, fn in plan(counts, urls, variants, a.openai):
+                if a.deadline and time.time() > a.deadline:
+                    print(f"deadline reached before {name} round {rnd}", flush=True)
+                    break
+                t_start = time.time()
                 row = fn(w)
-                row.update(round=rnd, t=time.time())
+                row.update(round=rnd, t_start=t_start, t=time.time())
                 rows.append(row)
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")

@@ -9,6 +9,7 @@ rusage, all threads), errors with their types, and output tokens checked against
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import resource
 import threading
@@ -162,6 +163,14 @@ def qwen_model(w: Workload, mode: str = "completions", token_ids: bool = True, *
 def openai_model(w: Workload) -> Any:
     from langchain_openai import ChatOpenAI
 
+    # ChatOpenAI shares one cached httpx.AsyncClient per settings; its connections belong to the first
+    # event loop that used them, so the next scenario's asyncio.run() would fail with "Event loop is
+    # closed" (langchain#35783). A fresh cache per model gives every scenario a working client, as a
+    # fresh process would.
+    with contextlib.suppress(ImportError, AttributeError):
+        from langchain_openai.chat_models import _client_utils
+
+        _client_utils._cached_async_httpx_client.cache_clear()
     return ChatOpenAI(
         base_url=w.base_url,
         model=w.model,

@@ -1,0 +1,113 @@
+#!/bin/bash
+# Runs ON the GPU machine, from the repo root: several vLLM engines on one GPU, started with `qwen-fast engines`.
+# Servers are started with setsid and outlive each call while the machine stays warm, so every phase measures the
+# same server session.
+#   bash benchmarks/gpu/engines.sh serve     # unpack the server site, start set A (4 engines, the launcher's
+#                                            # default flags, ports 8000-8003) and set B (3 engines, --no-default-flags,
+#                                            # ports 8004-8006), wait for both
+#   bash benchmarks/gpu/engines.sh table     # engines per GPU: 1-4 engines of set A at 32 and 128 tokens + ChatOpenAI
+#   bash benchmarks/gpu/engines.sh extra     # server flags (A vs B), failover, prefix affinity (set B), open loop
+# Carried folders (benchmarks/gpu/README.md): .gpu1 (server tarballs), .gpu-kit (model/), then .gpu1b (client site)
+# and .gpu3 (this project's wheel) for the client phases.
+set -u
+PHASE=${1:?phase}
+T0=$(date +%s)
+OUTD=${OUT:-/tmp/out}; mkdir -p "$OUTD"
+exec > >(tee -a "$OUTD/engines_$PHASE.log") 2>&1
+export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0 \
+       PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+BUDGET=${BUDGET:-570}
+DEADLINE=$(( T0 + BUDGET - 30 ))
+echo "== $PHASE start $(date -u) cores $(nproc)"
+unpack() {  # tarball dest marker
+  [ -e "$3" ] && return 0
+  [ -f "$1" ] || return 0
+  python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2" || { echo "unpack $1 failed"; exit 4; }
+  echo "unpacked $1 at $(( $(date +%s) - T0 )) s"
+}
+mkdir -p /tmp/site /tmp/csite
+for d in .gpu1 .gpu1b; do
+  unpack $d/vllm_strip.tar.xz /tmp/site /tmp/site/vllm/__init__.py
+  unpack $d/ssite.tar.xz /tmp/site /tmp/site/fastapi/__init__.py
+  unpack $d/extra.tar.xz /tmp/site /tmp/site/xgrammar/__init__.py
+  unpack $d/csite.tar.xz /tmp/csite /tmp/csite/langchain_openai/__init__.py
+done
+if [ ! -f /tmp/model/tokenizer.json ] && [ -d .gpu-kit/model ]; then
+  rm -rf /tmp/model; cp -r .gpu-kit/model /tmp/model
+  python3 -c "import lzma; open('/tmp/model/tokenizer.json','wb').write(lzma.open('/tmp/model/tokenizer.json.xz').read())"
+  rm -f /tmp/model/tokenizer.json.xz
+fi
+[ -d .gpu3 ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/csite .gpu3/*.whl
+CPY="env PYTHONPATH=/tmp/csite python3"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 \
+  > "$OUTD/gpu_util_$PHASE.csv" 2>/dev/null &
+SMI=$!
+A="http://127.0.0.1:8000/v1 http://127.0.0.1:8001/v1 http://127.0.0.1:8002/v1 http://127.0.0.1:8003/v1"
+B="http://127.0.0.1:8004/v1 http://127.0.0.1:8005/v1 http://127.0.0.1:8006/v1"
+urls() { local out=""; for u in $1; do out="$out --base-url $u"; done; echo "$out"; }
+
+serve() {
+  # The launcher needs only the standard library: run it from a copy of the package without its __init__
+  # (which imports langchain), with `vllm` a two-line wrapper around the unpacked server site.
+  rm -rf /tmp/qf && mkdir -p /tmp/qf && cp -r langchain_qwen_fast /tmp/qf/
+  printf '#!/bin/bash\nexport PYTHONPATH=/tmp/site\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm
+  chmod +x /tmp/vllm
+  BOOT="import sys, types; p = types.ModuleType('langchain_qwen_fast'); p.__path__ = ['/tmp/qf/langchain_qwen_fast']; \
+sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.launch import main; sys.exit(main(sys.argv[1:]))"
+  SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
+  rm -f /tmp/ready_a.json /tmp/ready_b.json
+  setsid python3 -c "$BOOT" --engines 4 --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going \
+    --ready-file /tmp/ready_a.json --log-dir /tmp/logs_a -- $SERVE > /tmp/launch_a.log 2>&1 < /dev/null &
+  setsid python3 -c "$BOOT" --engines 3 --model /tmp/model --port 8004 --vllm /tmp/vllm --keep-going \
+    --no-default-flags --ready-file /tmp/ready_b.json --log-dir /tmp/logs_b -- $SERVE > /tmp/launch_b.log 2>&1 < /dev/null &
+  for i in $(seq 1 1000); do
+    [ -f /tmp/ready_a.json ] && [ -f /tmp/ready_b.json ] && break
+    [ $(date +%s) -gt $DEADLINE ] && { echo "not ready by the deadline"; break; }
+    sleep 1
+  done
+  echo "READY_S $(( $(date +%s) - T0 ))"; cat /tmp/launch_a.log /tmp/launch_b.log | head -30
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader
+  # idle CPU of the engine processes over 5 s (do idle engines spin a core?)
+  python3 - <<'PY'
+import os, time
+def ticks():
+    out = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                st = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+                cmd = open(f"/proc/{pid}/cmdline").read()
+            except OSError:
+                continue
+            if "vllm" in cmd:
+                out[pid] = int(st[11]) + int(st[12])
+    return out
+a = ticks(); time.sleep(5); b = ticks()
+busy = sum(b[p] - a.get(p, 0) for p in b) / os.sysconf("SC_CLK_TCK") / 5
+print(f"IDLE_ENGINE_CPU {busy:.2f} cores over {len(b)} vllm processes")
+PY
+  for p in 8000 8004; do
+    python3 -c "import urllib.request; t = urllib.request.urlopen('http://127.0.0.1:$p/metrics', timeout=5).read().decode(); print('METRICS $p', sum(1 for l in t.splitlines() if l.startswith('vllm:')), 'vllm: lines;', [l for l in t.splitlines() if l.startswith('vllm:prefix_cache_queries')][:1])"
+  done
+  cp /tmp/launch_a.log /tmp/launch_b.log "$OUTD/" 2>/dev/null
+}
+
+case "$PHASE" in
+  serve) serve ;;
+  table)
+    $CPY -c "import langchain_core, langchain_openai, openai, aiohttp, langchain_qwen_fast as q; print('langchain-core', langchain_core.__version__, 'openai', openai.__version__, 'aiohttp', aiohttp.__version__, 'qwen-fast', q.__version__)"
+    PYTHONPATH=/tmp/site python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    MID=$(( T0 + (BUDGET - 30) * 45 / 100 ))
+    $CPY -m langchain_qwen_fast.bench.replicas $(urls "$A") --servers 1,3,2,4 --variants 3 --openai --rounds 3 \
+      --n 3000 --max-tokens 32 --deadline $MID --out "$OUTD"
+    $CPY -m langchain_qwen_fast.bench.replicas $(urls "$A") --servers 1,3,2,4 --variants 3 --openai --rounds 3 \
+      --n 1500 --max-tokens 128 --deadline $DEADLINE --out "$OUTD" ;;
+  extra)
+    $CPY benchmarks/gpu/gpu_extra.py --a "$A" --b "$B" --out "$OUTD" --deadline $DEADLINE ;;
+  stop)
+    pkill -TERM -f "langchain_qwen_fast.launch" ;;
+  *) echo "unknown phase $PHASE"; exit 2 ;;
+esac
+kill $SMI 2>/dev/null
+echo "== $PHASE done in $(( $(date +%s) - T0 )) s"
