@@ -28,14 +28,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from langchain_qwen_fast._affinity import prefix_keys
 from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
-from langchain_qwen_fast._replicas import Lease, Replica, prefix_keys
+from langchain_qwen_fast._replicas import Lease, Replica
 from langchain_qwen_fast._scheduler import Flow, FlowPolicy, Scheduler
 from langchain_qwen_fast._stats import DispatchStats
 from langchain_qwen_fast._transport import Transport, deadline_for
@@ -76,6 +76,7 @@ class Item:
     enqueued: float = 0.0
     task: asyncio.Task[Any] | None = None
     flow: Flow | None = None
+    pkeys: tuple[int, ...] | None = None  # prefix hashes, computed once when routing by prefix affinity
 
 
 class Dispatcher:
@@ -111,6 +112,8 @@ class Dispatcher:
             return item.future
         item.enqueued = time.monotonic()
         item.flow = flow
+        if not flow.bulk:
+            self.replicas.interactive_seen()
         self.stats.items += 1
         item.future.add_done_callback(lambda f, it=item: self._on_item_done(it, f))  # type: ignore[misc]
         self.sched.push(flow, item)
@@ -201,14 +204,19 @@ class Dispatcher:
                     self._arm_timer(wait)
                     return
             limit = min(cfg.max_batch_size, reps.free(rep, flow.bulk))
-            batch = sched.collect(flow, limit, cfg.max_batch_tokens, 4 * cfg.max_batch_size)
+            # With prefix affinity a list takes only prompts whose prefixes live on the replica chosen for
+            # it: a list of 32 prompts with mixed system prompts would scatter every prefix over every replica.
+            accept = (lambda it, r=rep: reps.belongs(r, self._keys(it))) if reps.affinity else None
+            batch = sched.collect(flow, limit, cfg.max_batch_tokens, 4 * cfg.max_batch_size, accept)
             lease = self._admit(rep, batch)
             self._spawn(self._run_list(batch, lease), batch, lease)
 
     def _keys(self, item: Item) -> tuple[int, ...]:
         if not self.replicas.affinity:
             return ()
-        return prefix_keys(item.prompt, None if item.prompt is not None else item.payload.get("messages"))
+        if item.pkeys is None:
+            item.pkeys = prefix_keys(item.prompt, None if item.prompt is not None else item.payload.get("messages"))
+        return item.pkeys
 
     def _arm_timer(self, delay: float) -> None:
         if self._loop is None:
@@ -390,62 +398,3 @@ class Dispatcher:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.transport.aclose()
-
-
-class Submission:
-    """One caller's batch (one flow), fed to the dispatcher as it arrives and at most ``limit`` items at a time.
-
-    ``add`` may be called several times: a large batch is prepared in chunks, and the first
-    requests go out while later inputs are still being prepared. ``on_result(index, result,
-    exception)`` fires once per item, in completion order; ``index`` counts across all ``add`` calls.
-    Only what has no outcome yet is kept: a finished item is dropped at once.
-    """
-
-    def __init__(
-        self, dispatcher: Dispatcher, limit: int | None, on_result: Callable[[int, Any, BaseException | None], None],
-        flow: Flow,
-    ) -> None:
-        self.dispatcher, self.on_result, self.flow = dispatcher, on_result, flow
-        self.limit = limit if limit and limit > 0 else None
-        self._waiting: deque[tuple[int, Item]] = deque()  # added, not yet handed to the dispatcher
-        self._live: dict[int, Item] = {}  # handed over, no outcome yet
-        self._count = 0
-        self.cancelled = False
-
-    def add(self, items: list[Item]) -> None:
-        if self.cancelled:  # the caller has gone; nobody would read these results
-            return
-        for it in items:
-            self._waiting.append((self._count, it))
-            self._count += 1
-        self._fill()
-
-    def _fill(self) -> None:
-        while self._waiting and (self.limit is None or len(self._live) < self.limit):
-            i, item = self._waiting.popleft()
-            self._live[i] = item
-            fut = self.dispatcher.submit(item, self.flow)
-            fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
-
-    def _done(self, index: int, fut: asyncio.Future[Any]) -> None:
-        self._live.pop(index, None)
-        if fut.cancelled():
-            exc: BaseException | None = asyncio.CancelledError()
-            result = None
-        else:
-            exc = fut.exception()
-            result = None if exc else fut.result()
-        try:
-            self.on_result(index, result, exc)
-        except Exception:  # a broken sink must not stop the feed
-            log.exception("qwen-fast result sink failed")
-        if not self.cancelled:
-            self._fill()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-        self._waiting.clear()
-        self.dispatcher.cancel_flow(self.flow)
-        for it in list(self._live.values()):
-            if not it.future.done():
-                it.future.cancel()

@@ -14,10 +14,11 @@ import queue
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from langchain_qwen_fast._batcher import Dispatcher, Item, Submission
+from langchain_qwen_fast._batcher import Dispatcher, Item
 from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._runtime import Runtime
 from langchain_qwen_fast._scheduler import Flow
+from langchain_qwen_fast._submission import Submission
 
 Triple = tuple[int, Any, BaseException | None]
 _END = object()

@@ -33,11 +33,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from langchain_qwen_fast._affinity import AffinityTable
 from langchain_qwen_fast._errors import (
     APIConnectionError,
     InvalidResponseError,
@@ -48,7 +48,6 @@ from langchain_qwen_fast._stats import EndpointStats
 
 log = logging.getLogger("langchain_qwen_fast")
 ROUTINGS = ("least_outstanding", "prefix_affinity")
-_IM_START = "<|im_start|>"
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,69 +143,6 @@ class AllReplicasDownError(APIConnectionError):
     maybe_sent = False
 
 
-def prefix_keys(prompt: str | None, messages: Sequence[Mapping[str, Any]] | None) -> tuple[int, ...]:
-    """Hashes of each leading part of a conversation, up to (not including) its last user turn.
-
-    A rendered prompt is cut at each ``<|im_start|>``; a chat payload at each message. A lone user
-    turn has no shared part and so no key (plain least-outstanding routing for it).
-    """
-    keys: list[int] = []
-    h = 0
-    if prompt is not None:
-        last_user = prompt.rfind(_IM_START + "user")
-        start = 0
-        while True:
-            pos = prompt.find(_IM_START, start + 1)
-            if pos < 0 or pos > last_user:
-                break
-            h = hash((h, prompt[start:pos]))
-            keys.append(h)
-            start = pos
-        return tuple(keys)
-    if messages:
-        last = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=0)
-        for m in messages[:last]:
-            h = hash((h, m.get("role"), str(m.get("content"))))
-            keys.append(h)
-    return tuple(keys)
-
-
-class _AffinityTable:
-    """prefix hash -> the replicas that served it (most recent last); least recently used keys go first."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._map: OrderedDict[int, list[Replica]] = OrderedDict()
-
-    def holders(self, keys: Sequence[int]) -> list[Replica]:
-        for k in reversed(keys):  # the longest shared part wins
-            got = self._map.get(k)
-            if got is not None:
-                self._map.move_to_end(k)
-                return got
-        return []
-
-    def record(self, keys: Sequence[int], replica: Replica) -> None:
-        m = self._map
-        for k in keys:
-            got = m.get(k)
-            if got is None:
-                m[k] = [replica]
-            else:
-                if replica not in got:
-                    got.append(replica)
-                m.move_to_end(k)
-        while len(m) > self.size:
-            m.popitem(last=False)
-
-    def forget(self, replica: Replica) -> None:
-        for k in [k for k, v in self._map.items() if replica in v]:
-            v = self._map[k]
-            v.remove(replica)
-            if not v:
-                del self._map[k]
-
-
 #: What a probe returns: None when the replica answers, else the reason it does not.
 Prober = Callable[[Replica], Awaitable[str | None]]
 
@@ -223,10 +159,11 @@ class ReplicaSet:
         self.replicas = [Replica(u, limit) for u in urls]
         self.total = total
         self.headroom = headroom
+        self.interactive_until = 0.0  # headroom is kept while single calls or streams came recently
         self.health = health or HealthPolicy()
         self.routing = routing or RoutingPolicy()
         self.affinity = self.routing.mode == "prefix_affinity"
-        self._table = _AffinityTable(self.routing.table_size)
+        self._table = AffinityTable(self.routing.table_size)
         self.inflight = 0
         self._rr = 0
         self.on_change: Callable[[], None] | None = None  # the dispatcher's pump
@@ -244,12 +181,20 @@ class ReplicaSet:
         whole = sum(r.limit for r in self.replicas)
         return whole if self.total is None else min(whole, self.total)
 
+    def interactive_seen(self, window_s: float = 2.0) -> None:
+        """A single call or stream arrived: keep the headroom for the next ``window_s`` seconds."""
+        self.interactive_until = time.monotonic() + window_s
+
     def free(self, r: Replica, bulk: bool) -> int:
-        """Sequences ``r`` can still take; bulk work leaves ``headroom`` for single calls and streams."""
-        reserve = self.headroom if bulk else 0
+        """Sequences ``r`` can still take. While single calls or streams keep coming, bulk work leaves
+        ``headroom`` of each replica's limit for them (at most a quarter of it, so a small limit still
+        serves bulk work); without them it may use the whole limit."""
+        reserve = 0
+        if bulk and self.headroom and time.monotonic() < self.interactive_until:
+            reserve = min(self.headroom, r.limit // 4)
         room = r.limit - r.inflight - reserve
         if self.total is not None:
-            room = min(room, self.total - self.inflight - reserve)
+            room = min(room, self.total - self.inflight - min(reserve, self.total // 4))
         return room
 
     def _open(self, now: float, bulk: bool) -> list[Replica]:
@@ -279,6 +224,12 @@ class ReplicaSet:
                 pick = best
         self._table.record(keys, pick)
         return pick
+
+    def belongs(self, r: Replica, keys: Sequence[int]) -> bool:
+        """Whether a prompt with these prefix keys may ride in a list going to ``r``: it has no shared
+        prefix, or its prefix lives on ``r``. A prefix not seen yet waits to head a list of its own, so
+        that it gets a home by load rather than by riding along."""
+        return not keys or r in self._table.holders(keys)
 
     def next_open_at(self) -> float | None:
         """When the earliest paused (503) replica takes work again, if any is paused."""

@@ -59,6 +59,28 @@ def _merge_template_kwargs(params: dict[str, Any], thinking: bool | None, defaul
     return bool(user["enable_thinking"])
 
 
+def request_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The headers every request of a model carries (the key only when there is one)."""
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    if extra:
+        headers.update(extra)
+    return headers
+
+
+def with_model_extra_body(model_extra: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A call's kwargs with the model's ``extra_body`` merged under the call's own; ``chat_template_kwargs``
+    one level deeper, so a call's template kwargs add to the model's and never replace them."""
+    if not model_extra:
+        return kwargs
+    call_extra = kwargs.get("extra_body") or {}
+    merged = {**model_extra, **call_extra}
+    if isinstance(model_extra.get(_CHAT_TEMPLATE), Mapping) and isinstance(call_extra.get(_CHAT_TEMPLATE), Mapping):
+        merged[_CHAT_TEMPLATE] = {**model_extra[_CHAT_TEMPLATE], **call_extra[_CHAT_TEMPLATE]}
+    return {**kwargs, "extra_body": merged}
+
+
 def build_spec(
     base: Mapping[str, Any], headers: Mapping[str, str], timeout: float | None, model: str,
     default_thinking: bool, wire_mode: str, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any],

@@ -154,9 +154,12 @@ class Scheduler:
         self.queued -= 1
         return flow.queue.popleft()
 
-    def collect(self, flow: Flow, limit: int, token_cap: int, window: int) -> list[Item]:
-        """The head of ``flow`` plus later items with its list key: first from ``flow`` (scanning at
-        most ``window`` items, order kept for the ones skipped), then from the heads of other flows."""
+    def collect(
+        self, flow: Flow, limit: int, token_cap: int, window: int, accept: Callable[[Item], bool] | None = None
+    ) -> list[Item]:
+        """The head of ``flow`` plus later items with its list key (and that ``accept`` takes, when given):
+        first from ``flow`` (scanning at most ``window`` items, order kept for the ones skipped), then from
+        the heads of other flows."""
         q = flow.queue
         before = len(q)
         head = q.popleft()
@@ -169,7 +172,8 @@ class Scheduler:
             scanned += 1
             if it.future.done():
                 continue
-            if it.key == key and it.prompt is not None and tokens + it.est_tokens <= token_cap:
+            if (it.key == key and it.prompt is not None and tokens + it.est_tokens <= token_cap
+                    and (accept is None or accept(it))):
                 batch.append(it)
                 tokens += it.est_tokens
             else:
@@ -192,7 +196,8 @@ class Scheduler:
                     oq.popleft()
                     self.queued -= 1
                     continue
-                if it.key != key or it.prompt is None or tokens + it.est_tokens > token_cap:
+                if (it.key != key or it.prompt is None or tokens + it.est_tokens > token_cap
+                        or (accept is not None and not accept(it))):
                     break
                 batch.append(oq.popleft())
                 self.queued -= 1

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import ipaddress
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
@@ -30,39 +27,21 @@ from langchain_qwen_fast._batcher import DispatchConfig, Dispatcher
 from langchain_qwen_fast._convert import StreamAssembler
 from langchain_qwen_fast._engines import Limits
 from langchain_qwen_fast._errors import redact_url
+from langchain_qwen_fast._fields import (
+    DEFAULT_BASE_URL,
+    check_base_urls,
+    coerce_timeout,
+    drop_unsupported_and_collect_extra,
+    split_base_url,
+    warn_key_over_http,
+)
 from langchain_qwen_fast._pool import ModelPool, PoolSettings
 from langchain_qwen_fast._replicas import HealthPolicy, RoutingPolicy
-from langchain_qwen_fast._request import CallSpec, build_spec, make_item
+from langchain_qwen_fast._request import CallSpec, build_spec, make_item, request_headers, with_model_extra_body
 from langchain_qwen_fast._runtime import Runtime
 from langchain_qwen_fast._scheduler import Flow
+from langchain_qwen_fast._streams import amark_last, mark_last
 from langchain_qwen_fast._transport import RetryPolicy
-
-#: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
-_UNSUPPORTED = {
-    "organization": "OpenAI organisations do not exist on a self-hosted server",
-    "openai_organization": "OpenAI organisations do not exist on a self-hosted server",
-    "openai_proxy": "pass an http_async_client configured with the proxy instead",
-    "tiktoken_model_name": "token counting uses the server, not tiktoken",
-    "use_responses_api": "the Responses API is not served for Qwen3; this model uses chat/completions",
-    "reasoning_effort": "Qwen3 has an on/off switch instead: use enable_thinking",
-    "reasoning": "Qwen3 has an on/off switch instead: use enable_thinking",
-    "include_response_headers": "not supported",
-    "service_tier": "not supported by vLLM/SGLang",
-    "store": "not supported by vLLM/SGLang",
-    "verbosity": "not supported by vLLM/SGLang",
-    "default_query": "put query parameters into base_url",
-    "disabled_params": "not needed: parameters are sent as given",
-}
-_DEFAULT_BASE_URL = "http://localhost:8000/v1"
-
-
-def _is_loopback(host: str | None) -> bool:
-    if not host or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class BatchedChatQwen(BaseChatModel):
@@ -79,7 +58,7 @@ class BatchedChatQwen(BaseChatModel):
     # -- ChatOpenAI-compatible fields -----------------------------------------------------------
     model_name: str = Field(default_factory=from_env("QWEN_MODEL", default="Qwen/Qwen3-0.6B"), alias="model")
     base_url: str | list[str] = Field(
-        default_factory=from_env(("QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"), default=_DEFAULT_BASE_URL),
+        default_factory=from_env(("QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"), default=DEFAULT_BASE_URL),
         alias="openai_api_base",
         validate_default=True,  # a base_url from the environment is checked like one passed in
     )
@@ -116,8 +95,8 @@ class BatchedChatQwen(BaseChatModel):
     max_concurrency: int = Field(default=512, ge=1)
     #: An optional cap on the sum over all servers (None: N servers hold N x max_concurrency).
     max_total_concurrency: int | None = Field(default=None, ge=1)
-    #: Sequences per server kept free of bulk work (batch/abatch) for single calls and streams.
-    interactive_headroom: int = Field(default=0, ge=0)
+    #: Sequences per server kept free of bulk work (batch/abatch) while single calls or streams come.
+    interactive_headroom: int = Field(default=32, ge=0)
     #: How a replica is chosen: least sequences in flight, or prefix affinity for shared system prompts.
     routing: Literal["least_outstanding", "prefix_affinity"] = "least_outstanding"
     #: Higher is served first by the client's queue (per call: ``priority=`` kwarg or ``.bind``).
@@ -138,73 +117,29 @@ class BatchedChatQwen(BaseChatModel):
     def _unsupported_and_extra(cls, values: Any) -> Any:
         if not isinstance(values, dict):
             return values
-        values = dict(values)
-        for key, why in _UNSUPPORTED.items():
-            if key in values:
-                value = values.pop(key)
-                if value not in (None, False):
-                    warnings.warn(f"BatchedChatQwen ignores {key}={value!r}: {why}", UserWarning, stacklevel=4)
         known = {f.alias or n for n, f in cls.model_fields.items()} | set(cls.model_fields)
-        extra = {k: values.pop(k) for k in list(values) if k not in known}
-        if extra:
-            mk = dict(values.get("model_kwargs") or {})
-            for k, v in extra.items():
-                warnings.warn(
-                    f"{k!r} is not a BatchedChatQwen field; it is sent to the server in the request body "
-                    "(as ChatOpenAI does with unknown arguments). Put it in model_kwargs to silence this.",
-                    UserWarning,
-                    stacklevel=4,
-                )
-                mk[k] = v
-            values["model_kwargs"] = mk
-        return values
+        return drop_unsupported_and_collect_extra(values, known)
 
     @field_validator("timeout", mode="before")
     @classmethod
     def _coerce_timeout(cls, v: Any) -> float | None:
-        if v is None or isinstance(v, (int, float)):
-            return None if v is None else float(v)
-        if isinstance(v, tuple):  # ChatOpenAI accepts (connect, read); the deadline is the read part
-            return float(v[-1]) if v and v[-1] is not None else None
-        read = getattr(v, "read", None)  # httpx.Timeout
-        return float(read) if read is not None else None
+        return coerce_timeout(v)
 
     @field_validator("base_url", mode="before")
     @classmethod
     def _split_base_url(cls, v: Any) -> Any:
-        # QWEN_BASE_URL=http://a:8000/v1,http://b:8000/v1 (what `qwen-fast engines` prints) is a list.
-        if isinstance(v, str) and "," in v:
-            return [u.strip() for u in v.split(",") if u.strip()]
-        return v
+        return split_base_url(v)
 
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, v: str | list[str]) -> str | list[str]:
-        urls = [v] if isinstance(v, str) else list(v)
-        if not urls:
-            raise ValueError("base_url list is empty")
-        seen = {u.rstrip("/") for u in urls}
-        if len(seen) != len(urls):
-            raise ValueError("base_url lists the same server twice; list each replica once")
-        for u in urls:
-            parts = urlsplit(u)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(
-                    f"base_url {u!r} has no http:// or https:// scheme; use e.g. 'http://{u.split('://')[-1]}'"
-                )
+        check_base_urls([v] if isinstance(v, str) else list(v))
         return v
 
     @model_validator(mode="after")
     def _check_key_over_http(self) -> BatchedChatQwen:
-        if self.api_key is not None and self.api_key.get_secret_value() not in ("", "EMPTY"):
-            for u in self.base_urls:
-                parts = urlsplit(u)
-                if parts.scheme == "http" and not _is_loopback(parts.hostname):
-                    warnings.warn(
-                        f"an api_key will be sent over plain http to {parts.hostname}; use https for non-local servers",
-                        UserWarning,
-                        stacklevel=3,
-                    )
+        if self.api_key is not None:
+            warn_key_over_http(self.api_key.get_secret_value(), self.base_urls)
         return self
 
     def __repr_args__(self) -> Any:
@@ -305,35 +240,19 @@ class BatchedChatQwen(BaseChatModel):
         return self._pool.get(self._pool_settings)
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if self.api_key is not None and self.api_key.get_secret_value():
-            headers["Authorization"] = f"Bearer {self.api_key.get_secret_value()}"
-        if self.default_headers:
-            headers.update(self.default_headers)
-        return headers
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        return request_headers(key, self.default_headers)
 
     def _spec(self, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any], stream: bool = False) -> CallSpec:
-        base = self._default_params
-        if self.extra_body:
-            call_extra = kwargs.get("extra_body") or {}
-            merged = {**self.extra_body, **call_extra}
-            if isinstance(self.extra_body.get("chat_template_kwargs"), Mapping) and isinstance(
-                call_extra.get("chat_template_kwargs"), Mapping
-            ):  # one level deeper: a call's template kwargs add to the model's, never replace them
-                merged["chat_template_kwargs"] = {
-                    **self.extra_body["chat_template_kwargs"],
-                    **call_extra["chat_template_kwargs"],
-                }
-            kwargs = {**kwargs, "extra_body": merged}
         return build_spec(
-            base,
+            self._default_params,
             self._headers(),
             self.timeout,
             self.model_name,
             self.enable_thinking,
             "chat" if stream else self.wire_mode,
             stop,
-            kwargs,
+            with_model_extra_body(self.extra_body, kwargs),
             priority=self.priority,
             server_priority=self.server_priority,
         )
@@ -387,25 +306,6 @@ class BatchedChatQwen(BaseChatModel):
 
         return rt, open_events
 
-    @staticmethod
-    def _mark_last(chunks: Iterator[ChatGenerationChunk]) -> Iterator[ChatGenerationChunk]:
-        """Yield every chunk, holding one back to mark the final one ``chunk_position="last"``; a stream
-        that fails hands out the chunk it held before the error."""
-        prev = None
-        try:
-            for c in chunks:
-                if prev is not None:
-                    yield prev
-                prev = c
-        except Exception:
-            if prev is not None:
-                yield prev
-            raise
-        if prev is not None:
-            if isinstance(prev.message, AIMessageChunk):
-                prev.message.chunk_position = "last"
-            yield prev
-
     def _stream(
         self,
         messages: list[BaseMessage],
@@ -415,8 +315,7 @@ class BatchedChatQwen(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         rt, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
-        converted = (asm.convert(ev) for ev in _bridge.stream_events(rt, opener))
-        yield from self._mark_last(c for c in converted if c is not None)
+        yield from mark_last(asm.convert(ev) for ev in _bridge.stream_events(rt, opener))
 
     async def _astream(
         self,
@@ -427,23 +326,13 @@ class BatchedChatQwen(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         rt, opener = self._stream_opener(messages, stop, kwargs)
         asm = StreamAssembler(self.model_name)
-        prev: ChatGenerationChunk | None = None
-        try:
+
+        async def converted() -> AsyncIterator[ChatGenerationChunk | None]:
             async for ev in _bridge.astream_events(rt, opener):
-                chunk = asm.convert(ev)
-                if chunk is None:
-                    continue
-                if prev is not None:
-                    yield prev
-                prev = chunk
-        except Exception:  # the chunk held back for "last" still reaches the caller, then the error
-            if prev is not None:
-                yield prev
-            raise
-        if prev is not None:
-            if isinstance(prev.message, AIMessageChunk):
-                prev.message.chunk_position = "last"
-            yield prev
+                yield asm.convert(ev)
+
+        async for chunk in amark_last(converted()):
+            yield chunk
 
     # -- batch: one submission, bounded, no thread pool ---------------------------------------------
     def _lane(self) -> Lane:

@@ -8,8 +8,8 @@ at 32 tokens and 1.2-1.5x at 128; vLLM refuses ``--data-parallel-size`` above th
     qwen-fast engines --engines 3 --model /models/Qwen3-0.6B -- --max-model-len 4096
 
 Each server runs ``vllm serve MODEL --host H --port P --gpu-memory-utilization U
---kv-cache-memory-bytes B --served-model-name NAME [DEFAULT_SERVE_FLAGS: --disable-log-stats
---disable-uvicorn-access-log] <args after -->`` on one of N consecutive ports, in its own process
+--kv-cache-memory-bytes B --served-model-name NAME [DEFAULT_SERVE_FLAGS: --disable-uvicorn-access-log]
+<args after -->`` on one of N consecutive ports, in its own process
 group, with its output in ``--log-dir``/server-PORT.log.
 
 Decisions:
@@ -60,10 +60,12 @@ from types import FrameType
 
 from langchain_qwen_fast._process import ChildProcess, ChildStartError, stop_all
 
-# Flags that trim the engine loop's and API server's per-request CPU work (a 0.6B engine is CPU-bound):
-# no periodic stats logging, no uvicorn access log line per HTTP request. Both exist in vLLM 0.24 and
-# 0.32. --no-default-flags leaves them out.
-DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-log-stats", "--disable-uvicorn-access-log")
+# Flags that trim the API server's per-request CPU work (a 0.6B engine is CPU-bound): no uvicorn access log
+# line per HTTP request. --disable-log-stats was measured too (one H200, 3 rounds, docs/scaling.md): with the
+# access-log flag it gave 1.09-1.11x on one engine but 1.00-1.03x on three, and it empties vLLM's /metrics
+# (no Prometheus counters at all), so it is not a default; pass it after -- for a single engine.
+# --no-default-flags leaves the defaults out.
+DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-uvicorn-access-log",)
 DEFAULT_KV_CACHE_BYTES = 10 * 2**30  # 10737418240, per server
 GPU_SHARE = 0.9  # the part of the card the N servers' start-up checks may ask for together
 _OWNED = ("host", "port", "model")  # set by the launcher, refused after --

@@ -56,8 +56,10 @@ serve() {
 sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.launch import main; sys.exit(main(sys.argv[1:]))"
   SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
   rm -f /tmp/ready_a.json /tmp/ready_b.json
+  if [ -n "${ONLY_B:-}" ]; then echo '[]' > /tmp/ready_a.json; else
   setsid python3 -c "$BOOT" --engines 4 --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going \
     --ready-file /tmp/ready_a.json --log-dir /tmp/logs_a -- $SERVE > /tmp/launch_a.log 2>&1 < /dev/null &
+  fi
   setsid python3 -c "$BOOT" --engines 3 --model /tmp/model --port 8004 --vllm /tmp/vllm --keep-going \
     --no-default-flags --ready-file /tmp/ready_b.json --log-dir /tmp/logs_b -- $SERVE > /tmp/launch_b.log 2>&1 < /dev/null &
   for i in $(seq 1 1000); do
@@ -94,6 +96,10 @@ PY
 
 case "$PHASE" in
   serve) serve ;;
+  serve_b)  # set B alone (3 engines, --no-default-flags: /metrics kept) for a later prefix-affinity phase
+    ONLY_B=1 serve ;;
+  affinity_many)
+    $CPY benchmarks/gpu/gpu_extra.py --a "$A" --b "$B" --out "$OUTD" --deadline $DEADLINE --only affinity_many ;;
   table)
     $CPY -c "import langchain_core, langchain_openai, openai, aiohttp, langchain_qwen_fast as q; print('langchain-core', langchain_core.__version__, 'openai', openai.__version__, 'aiohttp', aiohttp.__version__, 'qwen-fast', q.__version__)"
     PYTHONPATH=/tmp/site python3 -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"

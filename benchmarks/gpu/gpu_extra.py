@@ -36,7 +36,6 @@ from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast.bench import replicas as R
 from langchain_qwen_fast.bench import scenarios as S
 
-
 #: Shrinks every N (a quick check against the simulator: QF_SCALE=0.05).
 SCALE = float(os.environ.get("QF_SCALE", "1"))
 
@@ -124,7 +123,8 @@ def failover(urls: list[str], out: Path) -> None:
                "wall_s": round(wall, 2), "outputs": len(outs), "answered": answered, "failed_clear_error": failed_clear,
                "other_outcomes": other, "runs_started": len(runs.started), "lost": sum(1 for e in ended if e == 0),
                "duplicated": sum(1 for e in ended if e > 1),
-               "error_types": dict(st["endpoints"][victim]["errors"]), "victim_ejected": st["endpoints"][victim]["ejected"],
+               "error_types": dict(st["endpoints"][victim]["errors"]),
+               "victim_ejected": st["endpoints"][victim]["ejected"],
                "retries": {u: st["endpoints"][u]["retries"] for u in urls}})
     model.close()
 
@@ -155,12 +155,18 @@ def _metrics(url: str) -> dict[str, float]:
     return got
 
 
-def affinity(b: list[str], out: Path, rounds: int, deadline: float) -> None:
+def affinity(b: list[str], out: Path, rounds: int, deadline: float, prompts: int = 8, n: int = 1500) -> None:
+    """``prompts`` distinct system prompts of ~1,500 tokens over ``n`` requests. With 8, every engine's prefix
+    cache holds all of them either way; with many more than one engine's cache holds (10 GiB of KV is about
+    90,000 tokens, some 60 such prompts), where each prompt lands decides whether it is still cached."""
     from langchain_core.messages import HumanMessage, SystemMessage
 
-    words = ("policy order refund shipping warranty account invoice delivery return exchange size colour store "
-             "customer service hours payment card voucher discount member tracking parcel courier address").split()
-    n = int(1500 * SCALE)
+    words = [
+        "policy", "order", "refund", "shipping", "warranty", "account", "invoice", "delivery", "return", "exchange",
+        "size", "colour", "store", "customer", "service", "hours", "payment", "card", "voucher", "discount",
+        "member", "tracking", "parcel", "courier", "address",
+    ]
+    n = int(n * SCALE)
     for rnd in range(rounds):
         for mode in (("least_outstanding", "prefix_affinity") if rnd % 2 == 0 else
                      ("prefix_affinity", "least_outstanding")):
@@ -168,8 +174,8 @@ def affinity(b: list[str], out: Path, rounds: int, deadline: float) -> None:
                 return
             rng = random.Random(f"{rnd}-{mode}")
             systems = [f"You are assistant number {rng.random()} of shop {k}. " +
-                       " ".join(rng.choice(words) for _ in range(1150)) for k in range(8)]
-            inputs = [[SystemMessage(systems[rng.randrange(8)]), HumanMessage(S.QUESTIONS[i % len(S.QUESTIONS)])]
+                       " ".join(rng.choice(words) for _ in range(1150)) for k in range(prompts)]
+            inputs = [[SystemMessage(systems[rng.randrange(prompts)]), HumanMessage(S.QUESTIONS[i % len(S.QUESTIONS)])]
                       for i in range(n)]
             model = BatchedChatQwen(base_url=b, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
                                     model_kwargs={"ignore_eos": True}, timeout=300, routing=mode)
@@ -184,7 +190,8 @@ def affinity(b: list[str], out: Path, rounds: int, deadline: float) -> None:
                 q, h = y["queries"] - x["queries"], y["hits"] - x["hits"]
                 per.append({"queries": q, "hits": h, "hit_rate": round(h / q, 4) if q else None})
             lat = S.percentiles(rec.latencies)
-            emit(out, {"phase": "affinity", "routing": mode, "round": rnd, "n": n, "wall_s": round(wall, 2),
+            emit(out, {"phase": "affinity", "prompts": prompts, "routing": mode, "round": rnd, "n": n,
+                       "wall_s": round(wall, 2),
                        "req_s": round(n / wall, 1), **lat, "errors": sum(isinstance(o, Exception) for o in outs),
                        "per_engine": per,
                        "requests": {u: v["requests"] for u, v in model.stats()["endpoints"].items()}})
@@ -221,6 +228,8 @@ def main() -> None:
         flags(a, b, out, x.rounds, x.deadline)
     if "affinity" in only:
         affinity(b, out, 2, x.deadline)
+    if "affinity_many" in only:
+        affinity(b, out, 3, x.deadline, prompts=150, n=2000)
     if "openloop" in only:
         openloop(a[:3], out, x.deadline, 5.0 * max(SCALE, 0.25))
 

@@ -65,10 +65,11 @@ def run(make: Any, how: str, w: S.Workload, interactive: bool) -> dict[str, Any]
 def plan(headrooms: list[int], openai: bool) -> list[tuple[str, str, str, dict[str, Any], bool]]:
     """(name, client, how, fields, interactive)."""
     steps: list[tuple[str, str, str, dict[str, Any], bool]] = [("qwen_batch_alone", "qwen", "batch", {}, False)]
+    steps.append(("qwen_batch_interactive_default", "qwen", "batch", {}, True))
     for h in headrooms:
         steps.append((f"qwen_batch_interactive_h{h}", "qwen", "batch", {"interactive_headroom": h}, True))
     steps.append(("qwen_abatch_alone", "qwen", "abatch", {}, False))
-    steps.append(("qwen_abatch_interactive_h0", "qwen", "abatch", {}, True))
+    steps.append(("qwen_abatch_interactive_default", "qwen", "abatch", {}, True))
     if openai:
         for how in ("batch", "abatch"):
             steps.append((f"openai_{how}_alone", "openai", how, {}, False))

@@ -91,6 +91,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def cluster(replicas: list[SimServer]) -> Iterator[None]:
     """A fresh local cluster of 2 CPUs ("local": never join a cluster someone else started here)."""
+    others = _live_descendants(os.getpid())  # e.g. other tiers' session-wide simulators: not Ray's to stop
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=200 * 1024 * 1024)
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -100,7 +101,7 @@ def cluster(replicas: list[SimServer]) -> Iterator[None]:
         yield
     finally:
         sims = {s.pid for s in replicas if s.running}
-        ray_pids = _live_descendants(os.getpid()) - sims
+        ray_pids = _live_descendants(os.getpid()) - sims - others
         ray.shutdown()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and any(_alive(p) for p in ray_pids):

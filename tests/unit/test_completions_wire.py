@@ -213,3 +213,32 @@ def test_rejected_list_is_split_until_bad_prompt_stands_alone(mock_model: Any) -
     ]
     assert sorted(answered) == sorted(f"ok {i}" for i in range(8) if i != 5)
     assert model.stats()["list_splits"] >= 1
+
+
+async def test_with_prefix_affinity_each_system_prompt_keeps_one_replica_even_in_lists(mock_model: Any) -> None:
+    import asyncio as _asyncio
+    from collections import defaultdict
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    async def slow(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        await _asyncio.sleep(0.02)  # lists pile up behind the first ones, so they are filled from a mixed queue
+        return completions_server(reverse=False)(payload, request)
+
+    urls = [f"http://127.0.0.{i}:9/v1" for i in (1, 2, 3)]
+    # room for everything on every replica: only the lists' make-up decides where a prefix goes
+    model, rec = mock_model(slow, base_url=urls, routing="prefix_affinity", wire_mode="completions", max_tokens=8)
+    systems = [f"You are shop assistant {k}. " + "Be brief. " * 40 for k in range(6)]
+    inputs = [[SystemMessage(systems[i % 6]), HumanMessage(f"q-{i}")] for i in range(600)]
+    outs = await model.abatch(inputs)
+    assert [o.content for o in outs[:3]] == ["list:q-0", "list:q-1", "list:q-2"]
+    homes: dict[int, set[str]] = defaultdict(set)
+    sizes = []
+    for r in rec.requests:
+        prompts = _prompts(r["json"])
+        sizes.append(len(prompts))
+        for p in prompts:
+            homes[next(k for k in range(6) if f"assistant {k}." in p)].add(httpx.URL(r["url"]).host)
+    assert all(len(h) == 1 for h in homes.values()), dict(homes)  # one replica per system prompt
+    assert len(set().union(*homes.values())) == 3  # and all three replicas used
+    assert max(sizes) > 8  # still lists: the prompts of one prefix share them

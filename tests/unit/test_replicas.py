@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from langchain_qwen_fast._affinity import prefix_keys
 from langchain_qwen_fast._errors import APIConnectionError, ServerError, connection_error, from_status
 from langchain_qwen_fast._qwen import render_chatml
-from langchain_qwen_fast._replicas import HealthPolicy, ReplicaSet, RoutingPolicy, prefix_keys
+from langchain_qwen_fast._replicas import HealthPolicy, ReplicaSet, RoutingPolicy
 
 URLS = ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
 
@@ -51,13 +52,25 @@ def test_routing_picks_the_least_loaded_and_ties_rotate() -> None:
     assert picks == set(rs.replicas[1:])  # b and c tie: both get picked
 
 
-def test_headroom_keeps_slots_for_single_calls() -> None:
+def test_headroom_keeps_slots_for_single_calls_while_they_come() -> None:
     rs = ReplicaSet(URLS[:1], limit=10, headroom=2)
     r = rs.replicas[0]
     rs.admit(r, 8)
+    assert rs.choose(bulk=True) is r  # no single call seen yet: bulk may use the whole limit
+    rs.interactive_seen(window_s=0.2)
     assert rs.choose(bulk=True) is None
     assert rs.choose(bulk=False) is r
     assert rs.free(r, bulk=False) == 2
+    time.sleep(0.25)
+    assert rs.choose(bulk=True) is r  # the single calls stopped: the headroom is bulk's again
+
+
+def test_headroom_is_at_most_a_quarter_of_a_small_limit() -> None:
+    rs = ReplicaSet(URLS[:1], limit=10, headroom=32)
+    r = rs.replicas[0]
+    rs.interactive_seen()
+    assert rs.free(r, bulk=True) == 8  # 10 - a quarter (2): bulk work still gets most of a small limit
+    assert rs.free(r, bulk=False) == 10
 
 
 def test_a_refused_connection_ejects_at_once_and_a_retry_goes_elsewhere() -> None:
@@ -194,3 +207,13 @@ def test_least_outstanding_ignores_prefixes() -> None:
         rs.admit(r, 1)
         seen.add(r)
     assert seen == set(rs.replicas)
+
+
+def test_a_list_takes_only_prompts_whose_prefix_lives_on_its_replica() -> None:
+    rs = ReplicaSet(URLS[:2], limit=1000, routing=RoutingPolicy(mode="prefix_affinity"))
+    a, b = rs.replicas
+    rs._table.record((1,), a)
+    rs._table.record((2,), b)
+    assert rs.belongs(a, (1,)) and not rs.belongs(a, (2,))
+    assert rs.belongs(a, ())  # a lone question has no prefix to keep anywhere
+    assert not rs.belongs(a, (3,)) and not rs.belongs(b, (3,))  # a new prefix heads a list of its own first

@@ -105,3 +105,14 @@ def test_key_and_prompt_absent_from_debug_logs(
     text = caplog.text + " ".join(str(r.args) for r in caplog.records)
     assert SECRET not in text
     assert PROMPT not in " ".join(r.getMessage() for r in ours)
+
+
+def test_credentials_in_a_base_url_appear_in_neither_repr_nor_stats(mock_model: Any) -> None:
+    model, _ = mock_model(base_url=["http://alice:s3cret@127.0.0.1:9/v1", "http://127.0.0.2:9/v1"])
+    assert model.invoke("hi").content == "echo:hi"
+    text = repr(model) + str(model)
+    assert "s3cret" not in text and "alice" not in text and "***@127.0.0.1:9/v1" in text
+    keys = list(model.stats()["endpoints"])
+    assert keys == ["http://***@127.0.0.1:9/v1", "http://127.0.0.2:9/v1"]
+    assert "s3cret" not in str(model.stats())
+    assert model.base_urls[0] == "http://alice:s3cret@127.0.0.1:9/v1"  # the field itself keeps what was given
