@@ -1,6 +1,8 @@
 """``qwen-fast bench``: the CPU benchmark against the simulator, every scenario beside ChatOpenAI.
 
     qwen-fast bench [--rounds 3] [--n 1000] [--base-url URL] [--out qwen-fast-bench]
+    qwen-fast bench replicas [options]    # 1 and 3 engines: raw lists vs .batch/.abatch (bench/replicas.py)
+    qwen-fast bench fairness [options]    # an interactive caller beside a bulk batch (bench/fairness.py)
 
 In one process run, against one simulator (``--latency h100``, calibrated from the GPU anchors):
 closed-loop scenarios at 128 and 32 max_tokens (sync ``.batch``, ``.abatch``, 32 threads of
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qwen-fast bench",
         description=__doc__.split("\n")[0].replace("``", ""),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="other plans: qwen-fast bench replicas --help (engines per GPU, raw ceiling over each), "
+        "qwen-fast bench fairness --help (an interactive caller beside a bulk batch)",
     )
     ap.add_argument(
         "--base-url", metavar="URL", default=None, help="a real OpenAI-compatible server; none: start the simulator"
@@ -50,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+#: Other plans, each with its own options (``qwen-fast bench PLAN --help``).
+PLANS = {"replicas": "langchain_qwen_fast.bench.replicas", "fairness": "langchain_qwen_fast.bench.fairness"}
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PLANS:
+        import importlib
+
+        return int(importlib.import_module(PLANS[argv[0]]).main(argv[1:]) or 0)
     a = build_parser().parse_args(argv)
 
     from langchain_qwen_fast.testing import SimConfig, SimServer

@@ -1,6 +1,6 @@
 """The fairness plan: one interactive caller beside a bulk batch in the same process, against one server.
 
-    python -m langchain_qwen_fast.bench.fairness [--max-tokens 32,128] [--n 6000] [--rounds 2]
+    qwen-fast bench fairness [--max-tokens 32,128] [--n 6000] [--rounds 2]
         [--headroom 0,16] [--base-url URL] [--out DIR]
 
 A bulk ``.batch(N)`` (or ``.abatch``) runs on one model instance while another instance with equal
@@ -103,7 +103,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.fairness",
+    ap = argparse.ArgumentParser(prog="qwen-fast bench fairness",
                                  description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--base-url", default=None, help="the server; default: a simulated one")

@@ -1,6 +1,6 @@
 """The replicas plan: several engines, the raw ceiling over all of them, and the package at default settings.
 
-    python -m langchain_qwen_fast.bench.replicas [--servers 1,3] [--rounds 3] [--n 3000] [--max-tokens 32]
+    qwen-fast bench replicas [--servers 1,3] [--rounds 3] [--n 3000] [--max-tokens 32]
         [--base-url URL ...] [--out DIR]
 
 Without ``--base-url`` it starts simulated engines (``--latency h100``, one process each) on
@@ -133,7 +133,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.bench.replicas",
+    ap = argparse.ArgumentParser(prog="qwen-fast bench replicas",
                                  description=__doc__.split("\n")[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--servers", default="1,3", help="engine counts to compare, comma-separated")

@@ -131,3 +131,12 @@ def test_bench_help_describes_every_option_and_shows_its_default() -> None:
     assert "benchmarks/results" not in text
     assert parser.parse_args([]).out == "qwen-fast-bench"
 
+
+
+@pytest.mark.parametrize("plan", ["replicas", "fairness"])
+def test_bench_plans_have_their_own_help(plan: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", plan, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert f"qwen-fast bench {plan}" in out and "--rounds" in out and "(default:" in out
