@@ -1,7 +1,9 @@
 """Child process of test_backpressure.py: ``abatch`` (or ``batch``) N short prompts, report one JSON line.
 
-A process of its own, so ``ru_maxrss`` is this workload's peak and not the test session's; it is read
-when the batch returns, before the test's own bookkeeping (the Ledger) records the outcomes.
+A process of its own, so its peak resident set is this workload's and not the test session's: ``VmHWM`` from
+/proc/self/status, which belongs to the address space that exec made (``ru_maxrss`` does not: Linux carries it
+over from the parent across fork and exec, so a child of a 477 MiB pytest process reports at least 477 MiB). It
+is read when the batch returns, before the test's own bookkeeping (the Ledger) records the outcomes.
 Usage: ``python _backpressure_child.py BASE_URL N MAX_CONCURRENCY WIRE [abatch|batch]``
 """
 
@@ -28,6 +30,15 @@ def _rss_mib() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def _peak_mib() -> float:
+    """The peak resident set of this process image (VmHWM, in kB)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def main() -> None:
     base_url, n, maxc, wire = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     how = sys.argv[5] if len(sys.argv) > 5 else "abatch"
@@ -41,7 +52,7 @@ def main() -> None:
     )
     led = Ledger(f"{n} pending items, {how}, max_concurrency={maxc} ({wire})")
     ids, prompts = led.prompts(n)
-    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_before = _peak_mib()
     samples: list[float] = []
     seen: list[dict[str, int]] = []
 
@@ -61,7 +72,7 @@ def main() -> None:
     else:
         outs = model.batch(prompts, return_exceptions=True)
     elapsed = time.monotonic() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_mib()
     stop.set()
     watcher.join()
     led.record_all(ids, outs)
