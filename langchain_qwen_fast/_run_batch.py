@@ -14,16 +14,13 @@ sized for this (``QWEN_FAST_SYNC_THREADS``, default 256) rather than asyncio's m
 
 from __future__ import annotations
 
-import asyncio
-import queue
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 from langchain_core.runnables import Runnable, RunnableConfig
 
+from langchain_qwen_fast._bridge import stream_events
 from langchain_qwen_fast._runtime import get_runtime
-
-_END = object()
 
 
 def run_batch(
@@ -58,32 +55,12 @@ def run_batch_as_completed(
     rt = get_runtime()
     if rt.in_loop_thread():
         raise RuntimeError("run_batch_as_completed blocks; on the qwen-fast loop use abatch_as_completed")
-    q: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
-    async def drive() -> None:
-        try:
-            async for pair in runnable.abatch_as_completed(  # type: ignore[call-overload]
-                list(inputs), config, return_exceptions=return_exceptions, **kwargs
-            ):
-                q.put(pair)
-            q.put(_END)
-        except BaseException as e:  # incl. cancellation: the consumer is told, never left waiting
-            q.put(e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
+    def pairs() -> AsyncIterator[tuple[int, Any]]:
+        return runnable.abatch_as_completed(  # type: ignore[call-overload,no-any-return]
+            list(inputs), config, return_exceptions=return_exceptions, **kwargs
+        )
 
-    fut = rt.submit(drive())
-    finished = False
-    try:
-        while True:
-            got = q.get()
-            if got is _END:
-                finished = True
-                return
-            if isinstance(got, BaseException):
-                finished = True
-                raise got
-            yield got
-    finally:
-        if not finished:
-            fut.cancel()
+    # The same carrier a sync stream uses: runs the async iterator on the loop, hands its items over in
+    # order, raises its error after them, and cancels it when the caller stops reading.
+    yield from stream_events(rt, pairs)

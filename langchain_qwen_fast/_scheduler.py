@@ -48,7 +48,7 @@ class FlowPolicy:
 class Flow:
     """One caller's queue: a batch submission, a single call or a stream."""
 
-    __slots__ = ("cancelled", "deficit", "in_ring", "kind", "priority", "queue")
+    __slots__ = ("deficit", "in_ring", "kind", "priority", "queue")
 
     def __init__(self, kind: str, priority: int = 0) -> None:
         if kind not in KINDS:
@@ -58,7 +58,6 @@ class Flow:
         self.queue: deque[Item] = deque()
         self.deficit = 0
         self.in_ring = False
-        self.cancelled = False
 
     @property
     def bulk(self) -> bool:
@@ -209,7 +208,6 @@ class Scheduler:
 
     def drop(self, flow: Flow) -> list[Item]:
         """Empty a cancelled flow's queue at once; the caller settles the items returned."""
-        flow.cancelled = True
         items = list(flow.queue)
         flow.queue.clear()
         self.queued -= len(items)
