@@ -212,7 +212,9 @@ def test_prefix_affinity_keeps_a_prefix_on_one_replica_until_the_load_bound(
     after = [served(s) for s in sims]
     note(f"prefix affinity: 30 sequential calls served {counts}; then a 1500 burst: {after}")
     home = counts.index(30)
-    assert after[home] == max(after)  # the home keeps the most
+    # Under a burst the bound keeps every replica within 64 sequences of the least-loaded one, so which ends
+    # with the most requests is timing (the home had 2 fewer than another in 2 of 4 runs): it keeps serving.
+    assert after[home] - counts[home] > 0.2 * len(burst)
     assert all(a > counts[i] for i, a in enumerate(after) if i != home)  # the bound spilled the rest
 
     plain = make_model([s.base_url for s in sims])  # least-outstanding: ties rotate
