@@ -19,13 +19,13 @@ import asyncio
 import collections
 import contextlib
 import ssl
+import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
-import httpx
 from aiohttp import http_exceptions
 
 from langchain_qwen_fast._errors import (
@@ -36,6 +36,9 @@ from langchain_qwen_fast._errors import (
     invalid_http,
     not_http,
 )
+
+if TYPE_CHECKING:  # imported when an httpx engine is made: the default aiohttp path never loads it (~5 MiB)
+    import httpx
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,7 @@ _CUT_SHORT = ("peer closed connection", "server disconnected")
 
 
 def _from_httpx(url: str, e: httpx.HTTPError) -> BaseException:
+    import httpx
     if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
         return connection_error(url, e, maybe_sent=False)
     if isinstance(e, httpx.UnsupportedProtocol):
@@ -166,7 +170,8 @@ def map_error(url: str, e: BaseException) -> BaseException:
         return e
     if isinstance(e, aiohttp.ClientError):  # before TimeoutError: aiohttp's timeouts subclass both
         return _from_aiohttp(url, e)
-    if isinstance(e, httpx.HTTPError):
+    hx = sys.modules.get("httpx")  # not loaded: nothing raised can be an httpx error
+    if hx is not None and isinstance(e, hx.HTTPError):
         return _from_httpx(url, e)
     if isinstance(e, asyncio.TimeoutError):
         return e
@@ -321,6 +326,8 @@ class HttpxEngine:
     def __init__(self, client: httpx.AsyncClient | None = None, limits: Limits | None = None) -> None:
         self.owned = client is None
         if client is None:
+            import httpx
+
             lim = limits or Limits()
             client = httpx.AsyncClient(
                 limits=httpx.Limits(

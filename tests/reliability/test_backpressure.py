@@ -4,7 +4,7 @@ The admission limit (``max_concurrency``, sequences in flight) must hold on the 
 everything must drain, and memory must stay bounded: a batch prepares its inputs only as far ahead
 as admission can use (twice the capacity) and drops each input's objects when it finishes, so the
 dispatcher's queue stays short and what grows with N is the results themselves (each an AIMessage
-of about 2.3 KB, measured with tracemalloc: docs/architecture.md). ``RELIABILITY_BACKPRESSURE_N``
+of about 1.8 KB, measured with tracemalloc: docs/architecture.md). ``RELIABILITY_BACKPRESSURE_N``
 overrides N (default 100,000).
 
 Sizing (2 cores): the simulator runs the H100 latency model 10x faster (``--speed 10``: each list of
@@ -33,8 +33,9 @@ from langchain_qwen_fast.testing import SimServer
 HERE = Path(__file__).resolve().parent
 N = int(os.environ.get("RELIABILITY_BACKPRESSURE_N", "100000"))
 MAX_CONCURRENCY = 64
-#: 100,000 pending inputs used to peak at 595-786 MiB (LangChain's per-input objects lived until the end).
-RSS_CAP_MIB = 400
+#: 100,000 pending inputs used to peak at 595-786 MiB (LangChain's per-input objects lived until the end),
+#: then 332 MiB (results with all seven fields named as set); 277 MiB measured now, either way.
+RSS_CAP_MIB = 300
 #: What a batch keeps prepared ahead: twice the admission capacity, at least 1024 (_batch._Driver).
 AHEAD = 1024
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import ssl
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -417,3 +419,21 @@ async def test_lines_received_before_a_cut_come_out_before_the_error(
     finally:
         await eng.aclose()
     assert [x.strip() for x in got if x.strip()] == [ROLE_EVENT.strip(), CONTENT_EVENT.strip()]
+
+
+def test_the_default_engine_never_loads_httpx() -> None:
+    """httpx is imported only when an httpx engine is made (``http_engine="httpx"`` or a caller's client):
+    the default aiohttp path saves its ~5 MiB and import time, which 100,000 pending inputs' peak counts."""
+    code = (
+        "import sys\n"
+        "from langchain_qwen_fast import BatchedChatQwen\n"
+        "from langchain_qwen_fast._engines import make_engine, Limits, map_error\n"
+        "m = BatchedChatQwen(base_url='http://127.0.0.1:9/v1', model='m')\n"
+        "make_engine('aiohttp', Limits())\n"
+        "map_error('http://127.0.0.1:9/v1', RuntimeError('x'))\n"
+        "assert 'httpx' not in sys.modules, sorted(k for k in sys.modules if 'httpx' in k)\n"
+        "make_engine('httpx', Limits())\n"
+        "assert 'httpx' in sys.modules\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

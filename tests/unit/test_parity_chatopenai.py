@@ -249,6 +249,33 @@ def test_response_metadata_and_additional_kwargs_match_chatopenai_key_by_key(
         theirs.content, theirs.tool_calls, theirs.invalid_tool_calls)
 
 
+@pytest.mark.parametrize("wire", ["chat", "completions"])
+def test_fields_set_names_only_what_carries_data_and_model_dump_is_chatopenais(wire: str, mock_model: Any) -> None:
+    """A result names in ``model_fields_set`` only the fields that carry data, so pydantic's per-instance set
+    stays small (216 bytes, against 728 with all seven: a fifth of a result's memory, docs/architecture.md).
+    The values, ``model_dump()`` and equality are ChatOpenAI's; only ``exclude_unset`` dumps omit the empties."""
+    body = vllm_body("answer")
+    theirs = _openai(_handler(body, [])).invoke("hi")
+    ours, _ = mock_model(lambda p, r: httpx.Response(200, json=body), api_key="sk-test", wire_mode=wire)
+    mine = ours.invoke("hi")
+    assert mine.model_fields_set == {"content", "id", "response_metadata", "usage_metadata"}
+    assert len(mine.__pydantic_fields_set__) <= 4  # the size class the memory figure depends on
+    assert theirs.model_fields_set >= mine.model_fields_set  # ChatOpenAI also names the empty ones
+    dumped, their_dump = mine.model_dump(), theirs.model_dump()
+    assert set(dumped) == set(their_dump)
+    for key in ("tool_calls", "invalid_tool_calls", "usage_metadata", "content", "type", "name"):
+        assert dumped[key] == their_dump[key], key
+    assert type(mine)(**mine.model_dump(exclude_unset=True)) == mine  # what was left out is the default
+
+
+def test_a_result_with_tool_calls_names_them_as_set(mock_model: Any) -> None:
+    body = RESPONSES["tool_calls"]
+    ours, _ = mock_model(lambda p, r: httpx.Response(200, json=body), api_key="sk-test")
+    mine = ours.invoke("hi")
+    assert "tool_calls" in mine.model_fields_set and mine.tool_calls[0]["name"] == "get_weather"
+    assert "invalid_tool_calls" not in mine.model_fields_set
+
+
 def test_a_completions_list_answer_has_the_keys_of_a_chat_answer(mock_model: Any) -> None:
     """``/v1/completions`` lists (max_tokens set, plain text) are shaped like ChatOpenAI's chat answers:
     the same keys; the id is the list request's ("cmpl-"), token_usage is the prompt's own share."""
