@@ -5,10 +5,13 @@ Three engines share one small interface, so everything above them is engine-agno
 - :class:`AiohttpEngine` (default). Measured on 2 cores against a zero-latency server it costs
   about as much client CPU per request as raw aiohttp, where httpx's default transport costs
   20-30x more and fails at 256 in flight (docs/benchmarks.md, transport table).
-- :class:`HttpxEngine` wraps an ``httpx.AsyncClient``: the caller's own (``http_async_client``:
+- ``HttpxEngine`` wraps an ``httpx.AsyncClient``: the caller's own (``http_async_client``:
   proxies, certificates, respx mocks) or one we build when ``http_engine="httpx"``.
-- :class:`SyncHttpxEngine` wraps a caller's sync ``httpx.Client`` (``http_client``); each request
+- ``SyncHttpxEngine`` wraps a caller's sync ``httpx.Client`` (``http_client``); each request
   runs in a worker thread, so it works but gives up the speed.
+
+The two httpx engines live in ``_engines_httpx.py``, imported only when one is made, so the default
+path never loads httpx.
 
 Engine methods run only on the runtime's loop; nothing here is thread-safe by itself.
 """
@@ -23,7 +26,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import http_exceptions
@@ -32,13 +35,9 @@ from langchain_qwen_fast._errors import (
     ClientClosedError,
     _HTTPInfo,
     connection_error,
-    from_status,
     invalid_http,
     not_http,
 )
-
-if TYPE_CHECKING:  # imported when an httpx engine is made: the default aiohttp path never loads it (~5 MiB)
-    import httpx
 
 
 @dataclass(frozen=True)
@@ -127,37 +126,6 @@ def _from_aiohttp(url: str, e: aiohttp.ClientError) -> Exception:
     return connection_error(url, e, maybe_sent=True)  # disconnected, reset, read timeout, any newer ClientError
 
 
-#: How h11 and httpcore word a connection that ended early (any other protocol error is bad HTTP).
-_CUT_SHORT = ("peer closed connection", "server disconnected")
-
-
-def _from_httpx(url: str, e: httpx.HTTPError) -> BaseException:
-    import httpx
-    if isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout, httpx.ProxyError)):
-        return connection_error(url, e, maybe_sent=False)
-    if isinstance(e, httpx.UnsupportedProtocol):
-        return connection_error(url, e, maybe_sent=False, retryable=False)
-    if isinstance(e, httpx.TimeoutException):
-        return asyncio.TimeoutError()  # httpx times out per phase with the time left: the call's deadline
-    if isinstance(e, httpx.RemoteProtocolError):
-        text = str(e)
-        if any(m in text.lower() for m in _CUT_SHORT):
-            no_answer = "without sending a response" in text
-            why = ("the server closed the connection without an HTTP response" if no_answer
-                   else "the response was cut short")
-            return connection_error(url, e, maybe_sent=True, why=why)
-        if "status line" in text:
-            return not_http(url, text)
-        return invalid_http(url, text)
-    if isinstance(e, (httpx.DecodingError, httpx.TooManyRedirects)):
-        return invalid_http(url, f"{type(e).__name__}: {e}")
-    if isinstance(e, httpx.HTTPStatusError):
-        return from_status(e.response.status_code, b"", url)
-    if isinstance(e, httpx.LocalProtocolError):  # the request itself is not valid HTTP (a header with a newline)
-        return connection_error(url, e, maybe_sent=False, retryable=False)
-    return connection_error(url, e, maybe_sent=True)  # read/write/close errors, any newer transport error
-
-
 def map_error(url: str, e: BaseException) -> BaseException:
     """The package error for whatever an engine call raised; ``e`` itself where it passes unchanged.
 
@@ -172,7 +140,9 @@ def map_error(url: str, e: BaseException) -> BaseException:
         return _from_aiohttp(url, e)
     hx = sys.modules.get("httpx")  # not loaded: nothing raised can be an httpx error
     if hx is not None and isinstance(e, hx.HTTPError):
-        return _from_httpx(url, e)
+        from langchain_qwen_fast._engines_httpx import from_httpx
+
+        return from_httpx(url, e)
     if isinstance(e, asyncio.TimeoutError):
         return e
     if isinstance(e, http_exceptions.HttpProcessingError):  # aiohttp's readline raises LineTooLong bare
@@ -300,122 +270,19 @@ class AiohttpEngine:
         self._session = None
 
 
-class _HttpxStream:
-    def __init__(self, resp: httpx.Response, url: str) -> None:
-        self._resp, self._url = resp, url
-        self.status = resp.status_code
-        self.headers: Mapping[str, str] = resp.headers
-
-    async def read(self) -> bytes:
-        with mapped(self._url):
-            return await self._resp.aread()
-
-    async def lines(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        with mapped(self._url):
-            async for line in self._resp.aiter_lines():
-                yield line.encode()
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):  # closing a broken stream must not hide why it broke
-            await self._resp.aclose()
-
-
-class HttpxEngine:
-    """An ``httpx.AsyncClient``; ``owned`` says whether closing the model closes the client."""
-
-    def __init__(self, client: httpx.AsyncClient | None = None, limits: Limits | None = None) -> None:
-        self.owned = client is None
-        if client is None:
-            import httpx
-
-            lim = limits or Limits()
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(
-                    max_connections=lim.max_connections,
-                    max_keepalive_connections=lim.max_connections,
-                    keepalive_expiry=lim.keepalive_expiry,
-                ),
-                timeout=httpx.Timeout(None, connect=lim.connect_timeout),
-            )
-        self.client = client
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        with mapped(url):
-            r = await self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-            return RawResponse(r.status_code, r.headers, r.content)
-
-    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        with mapped(url):
-            r = await self.client.get(url, headers=dict(headers), timeout=timeout)
-            return RawResponse(r.status_code, r.headers, r.content)
-
-    async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
-        with mapped(url):
-            req = self.client.build_request("POST", url, content=body, headers=dict(headers), timeout=timeout)
-            resp = await self.client.send(req, stream=True)
-        return _HttpxStream(resp, url)
-
-    async def aclose(self) -> None:
-        if self.owned:
-            await self.client.aclose()
-
-
-class SyncHttpxEngine:
-    """A caller's sync ``httpx.Client``, driven from worker threads (correct, not fast)."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-
-    def _post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        with mapped(url):  # in a worker thread: the mapping does not need the loop
-            r = self.client.post(url, content=body, headers=dict(headers), timeout=timeout)
-            return RawResponse(r.status_code, r.headers, r.content)
-
-    async def post(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        return await asyncio.get_running_loop().run_in_executor(None, self._post, url, body, headers, timeout)
-
-    def _get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        with mapped(url):
-            r = self.client.get(url, headers=dict(headers), timeout=timeout)
-            return RawResponse(r.status_code, r.headers, r.content)
-
-    async def get(self, url: str, headers: Mapping[str, str], timeout: float) -> RawResponse:
-        return await asyncio.get_running_loop().run_in_executor(None, self._get, url, headers, timeout)
-
-    async def open_stream(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> StreamHandle:
-        # A sync client cannot hand lines to the loop as they come; read the whole stream, then replay it.
-        raw = await self.post(url, body, headers, timeout)
-        return _BufferedStream(raw)
-
-    async def aclose(self) -> None:
-        return None
-
-
-class _BufferedStream:
-    def __init__(self, raw: RawResponse) -> None:
-        self.status, self.headers, self._body = raw.status, raw.headers, raw.body
-
-    async def read(self) -> bytes:
-        return self._body
-
-    async def lines(self) -> AsyncIterator[bytes]:  # type: ignore[override]
-        for line in self._body.splitlines(keepends=True):
-            yield line
-
-    async def close(self) -> None:
-        return None
-
-
 def make_engine(kind: str, limits: Limits, async_client: Any = None, sync_client: Any = None) -> Engine:
+    if kind not in ("aiohttp", "httpx"):
+        raise ValueError(f"http_engine must be 'aiohttp' or 'httpx', got {kind!r}")
+    if async_client is None and sync_client is None and kind == "aiohttp":
+        return AiohttpEngine(limits)
+    # httpx loads only here: the default path never imports it (~5 MiB, docs/architecture.md)
+    from langchain_qwen_fast._engines_httpx import HttpxEngine, SyncHttpxEngine
+
     if async_client is not None:
         return HttpxEngine(async_client)
     if sync_client is not None:
         return SyncHttpxEngine(sync_client)
-    if kind == "httpx":
-        return HttpxEngine(None, limits)
-    if kind != "aiohttp":
-        raise ValueError(f"http_engine must be 'aiohttp' or 'httpx', got {kind!r}")
-    return AiohttpEngine(limits)
+    return HttpxEngine(None, limits)
 
 
 async def close_quietly(engine: Engine) -> None:

@@ -26,7 +26,8 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast import _errors as errors_module
-from langchain_qwen_fast._engines import AiohttpEngine, HttpxEngine, Limits, map_error, mapped
+from langchain_qwen_fast._engines import AiohttpEngine, Limits, map_error, mapped
+from langchain_qwen_fast._engines_httpx import HttpxEngine
 from langchain_qwen_fast._errors import (
     APIConnectionError,
     DeadlineExceededError,
