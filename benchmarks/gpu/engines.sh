@@ -7,6 +7,8 @@
 #                                            # ports 8004-8006), wait for both
 #   bash benchmarks/gpu/engines.sh table     # engines per GPU: 1-4 engines of set A at 32 and 128 tokens + ChatOpenAI
 #   bash benchmarks/gpu/engines.sh extra     # server flags (A vs B), failover, prefix affinity (set B), open loop
+#   bash benchmarks/gpu/engines.sh serve_a   # set A alone (ENGINES_A engines, default 3), for the `order` phase
+#   bash benchmarks/gpu/engines.sh order     # .batch against .abatch with the row order alternating, N 3000 and 12000
 # Carried folders (benchmarks/gpu/README.md): .gpu1 (server tarballs), .gpu-kit (model/), then .gpu1b (client site)
 # and .gpu3 (this project's wheel) for the client phases.
 set -u
@@ -57,11 +59,13 @@ sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.launch import m
   SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
   rm -f /tmp/ready_a.json /tmp/ready_b.json
   if [ -n "${ONLY_B:-}" ]; then echo '[]' > /tmp/ready_a.json; else
-  setsid python3 -c "$BOOT" --engines 4 --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going \
+  setsid python3 -c "$BOOT" --engines ${ENGINES_A:-4} --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going \
     --ready-file /tmp/ready_a.json --log-dir /tmp/logs_a -- $SERVE > /tmp/launch_a.log 2>&1 < /dev/null &
   fi
+  if [ -n "${ONLY_A:-}" ]; then echo '[]' > /tmp/ready_b.json; : > /tmp/launch_b.log; else
   setsid python3 -c "$BOOT" --engines 3 --model /tmp/model --port 8004 --vllm /tmp/vllm --keep-going \
     --no-default-flags --ready-file /tmp/ready_b.json --log-dir /tmp/logs_b -- $SERVE > /tmp/launch_b.log 2>&1 < /dev/null &
+  fi
   for i in $(seq 1 1000); do
     [ -f /tmp/ready_a.json ] && [ -f /tmp/ready_b.json ] && break
     [ $(date +%s) -gt $DEADLINE ] && { echo "not ready by the deadline"; break; }
@@ -88,7 +92,7 @@ a = ticks(); time.sleep(5); b = ticks()
 busy = sum(b[p] - a.get(p, 0) for p in b) / os.sysconf("SC_CLK_TCK") / 5
 print(f"IDLE_ENGINE_CPU {busy:.2f} cores over {len(b)} vllm processes")
 PY
-  for p in 8000 8004; do
+  for p in 8000 $([ -z "${ONLY_A:-}" ] && echo 8004); do
     python3 -c "import urllib.request; t = urllib.request.urlopen('http://127.0.0.1:$p/metrics', timeout=5).read().decode(); print('METRICS $p', sum(1 for l in t.splitlines() if l.startswith('vllm:')), 'vllm: lines;', [l for l in t.splitlines() if l.startswith('vllm:prefix_cache_queries')][:1])"
   done
   cp /tmp/launch_a.log /tmp/launch_b.log "$OUTD/" 2>/dev/null
@@ -98,6 +102,14 @@ case "$PHASE" in
   serve) serve ;;
   serve_b)  # set B alone (3 engines, --no-default-flags: /metrics kept) for a later prefix-affinity phase
     ONLY_B=1 serve ;;
+  serve_a)  # set A alone, ENGINES_A engines (default 3 here), launcher defaults
+    ONLY_A=1 ENGINES_A=${ENGINES_A:-3} serve ;;
+  order)  # is .batch's gap to .abatch the row order or a fixed cost? alternate the order, and a 4x longer run
+    A3="http://127.0.0.1:8000/v1 http://127.0.0.1:8001/v1 http://127.0.0.1:8002/v1"
+    $CPY -m langchain_qwen_fast.bench.replicas $(urls "$A3") --servers 3,2 --variants 0 --rounds 4 \
+      --n 3000 --max-tokens 32 --deadline $(( T0 + 200 )) --out "$OUTD"
+    $CPY -m langchain_qwen_fast.bench.replicas $(urls "$A3") --servers 3 --variants 0 --rounds 4 \
+      --n 12000 --max-tokens 32 --deadline $DEADLINE --out "$OUTD" ;;
   affinity_many)
     $CPY benchmarks/gpu/gpu_extra.py --a "$A" --b "$B" --out "$OUTD" --deadline $DEADLINE --only affinity_many ;;
   table)

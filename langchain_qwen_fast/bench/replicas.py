@@ -80,24 +80,28 @@ def qwen_scenario(urls: list[str], w: S.Workload, how: str, **fields: Any) -> di
 
 
 def plan(counts: list[int], urls: list[str], variants: set[int] | None = None,
-         openai: bool = False) -> list[tuple[str, Any]]:
+         openai: bool = False, rnd: int = 0) -> list[tuple[str, Any]]:
     """Per engine count: raw lists, ``.batch`` and ``.abatch``; for the counts in ``variants`` (default: every
     count above 1) also the old shared limit and prefix affinity; with ``openai``, ChatOpenAI's default
-    ``.batch`` against the first engine."""
+    ``.batch`` against the first engine. Odd rounds run each engine count's rows in reverse order, so no row
+    always follows the same one (a row right after raw lists was the only one that did)."""
     steps: list[tuple[str, Any]] = []
     if openai:
         steps.append(("openai_batch_default_x1", lambda w, u=urls[:1]: _openai(u, w)))
     for k in counts:
         sub = urls[:k]
-        steps.append((f"raw_lists_x{k}", lambda w, u=sub: raw_scenario(u, w)))
-        steps.append((f"qwen_batch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "batch")))
-        steps.append((f"qwen_abatch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "abatch")))
+        group: list[tuple[str, Any]] = [
+            (f"raw_lists_x{k}", lambda w, u=sub: raw_scenario(u, w)),
+            (f"qwen_batch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "batch")),
+            (f"qwen_abatch_x{k}", lambda w, u=sub: qwen_scenario(u, w, "abatch")),
+        ]
         if k > 1 and (variants is None or k in variants):
             # one limit shared by all engines (the old default), and prefix affinity on this plain workload
-            steps.append((f"qwen_batch_x{k}_shared512",
+            group.append((f"qwen_batch_x{k}_shared512",
                           lambda w, u=sub: qwen_scenario(u, w, "batch", max_total_concurrency=512)))
-            steps.append((f"qwen_batch_x{k}_affinity",
+            group.append((f"qwen_batch_x{k}_affinity",
                           lambda w, u=sub: qwen_scenario(u, w, "batch", routing="prefix_affinity")))
+        steps.extend(reversed(group) if rnd % 2 else group)
     return steps
 
 
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         qwen_scenario(urls, warm, "batch")
         variants = {int(x) for x in a.variants.split(",")} if a.variants else None
         for rnd in range(a.rounds):
-            for name, fn in plan(counts, urls, variants, a.openai):
+            for name, fn in plan(counts, urls, variants, a.openai, rnd):
                 if a.deadline and time.time() > a.deadline:
                     print(f"deadline reached before {name} round {rnd}", flush=True)
                     break

@@ -70,3 +70,17 @@ def test_open_loop_rows_count_errors_by_type() -> None:
 
     lat, _, errors, sent = asyncio.run(S._poisson(S.Workload("http://x/v1"), Failing(), 400.0, 0.05, seed=1))
     assert sent > 0 and lat == [] and errors == {"ConnectionResetError": sent}
+
+
+def test_replicas_plan_reverses_each_engine_counts_rows_in_odd_rounds() -> None:
+    from langchain_qwen_fast.bench import replicas
+
+    urls = ["http://a/v1", "http://b/v1", "http://c/v1"]
+    even = [n for n, _ in replicas.plan([1, 3], urls, {3}, openai=True, rnd=0)]
+    odd = [n for n, _ in replicas.plan([1, 3], urls, {3}, openai=True, rnd=1)]
+    assert even[0] == odd[0] == "openai_batch_default_x1"
+    assert even[1:4] == ["raw_lists_x1", "qwen_batch_x1", "qwen_abatch_x1"]
+    assert odd[1:4] == ["qwen_abatch_x1", "qwen_batch_x1", "raw_lists_x1"]
+    assert even[4:] == ["raw_lists_x3", "qwen_batch_x3", "qwen_abatch_x3", "qwen_batch_x3_shared512",
+                        "qwen_batch_x3_affinity"]
+    assert odd[4:] == list(reversed(even[4:]))
