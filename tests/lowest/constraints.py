@@ -1,6 +1,7 @@
 """Print pip constraints that pin every direct dependency to its declared lower bound (stdlib only).
 
     python tests/lowest/constraints.py [EXTRA ...] > .venv-lowest/constraints.txt   (default: PINNED_EXTRAS)
+    python tests/lowest/constraints.py --only EXTRA      (one extra's own requirements, pinned: for an overlay)
 
 Reads ``[project] dependencies`` of pyproject.toml, plus the named optional extras, and turns each
 ``name>=X`` into ``name==X`` (markers kept), so ``pip install -c`` resolves the package at the lowest
@@ -62,8 +63,22 @@ def constraints(pyproject: dict[str, Any], extras: list[str]) -> list[str]:
     return [lower_bound(r) for r in reqs]
 
 
+def extra_only(pyproject: dict[str, Any], extra: str) -> list[str]:
+    """The pins of one extra's own requirements (without the extras in brackets: an overlay installs them
+    with ``--no-deps`` over an environment that has the rest)."""
+    extras = pyproject["project"].get("optional-dependencies", {})
+    if extra not in extras:
+        raise ValueError(f"pyproject.toml has no extra {extra!r}")
+    return [re.sub(r"\[[^\]]*\]", "", lower_bound(r)) for r in extras[extra]]
+
+
 def main(argv: list[str]) -> int:
     try:
+        if argv[:1] == ["--only"]:
+            if len(argv) != 2:
+                raise ValueError("--only takes one extra")
+            print("\n".join(extra_only(load_pyproject(), argv[1])))
+            return 0
         lines = constraints(load_pyproject(), argv or list(PINNED_EXTRAS))
     except ValueError as e:
         print(f"constraints.py: {e}", file=sys.stderr)

@@ -35,6 +35,17 @@ def test_every_declared_dependency_has_a_pin() -> None:
         constraints.constraints(pyproject, ["nope"])
 
 
+def test_an_extra_alone_is_pinned_without_its_own_extras() -> None:
+    queue = ["redis[hiredis]>=5.0.1", "prom>=0.20; python_version>'3'"]
+    pyproject = {"project": {"dependencies": ["x>=1"], "optional-dependencies": {"queue": queue}}}
+    assert constraints.extra_only(pyproject, "queue") == ["redis==5.0.1", "prom==0.20; python_version>'3'"]
+    with pytest.raises(ValueError, match="no extra 'nope'"):
+        constraints.extra_only(pyproject, "nope")
+    # the real file: the queue overlay that `make test-lowest-queue` installs
+    real = constraints.extra_only(constraints.load_pyproject(), "queue")
+    assert real == ["redis==5.0.1", "prometheus-client==0.20.0"]
+
+
 def test_only_a_missing_module_of_an_extra_is_skipped() -> None:
     missing = ModuleNotFoundError("No module named 'langchain_openai'", name="langchain_openai.chat_models")
     assert skip_optional.skip_reason(missing) == (
