@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _procs import gone, wait_until
 
 from langchain_qwen_fast._process import ChildProcess
 from langchain_qwen_fast.launch import (
@@ -181,27 +182,6 @@ def test_a_missing_vllm_executable_is_named(capsys: pytest.CaptureFixture[str], 
 
 
 # --------------------------------------------------------------------------------- process handling
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def free_ports(n: int) -> int:
     """The first of ``n`` consecutive free loopback ports."""
     for _ in range(200):
@@ -330,7 +310,7 @@ def test_a_second_signal_kills_at_once(launch: Callable[..., Run]) -> None:
     run = launch(1, "--stop-timeout", "60", base=base, FAKE_VLLM_IGNORE_TERM=str(base))
     pids = run.pids()
     run.child.send_signal(signal.SIGINT)
-    assert wait_until(lambda: (run.tmp / "rec" / f"term-{base}").exists())  # asked, ignored
+    assert wait_until(lambda: (run.tmp / "rec" / f"term-{base}").exists(), 20.0)  # asked, ignored
     run.child.send_signal(signal.SIGINT)  # Ctrl-C again: no 60 s wait
     assert run.finish(timeout=20) == 0
     assert all(gone(p) for p in pids)
@@ -372,7 +352,7 @@ def test_keep_going_serves_on_with_the_others_when_one_dies(launch: Callable[...
     base = free_ports(2)
     run = launch(2, "--keep-going", base=base, FAKE_VLLM_DIE_AFTER=f"{base}:0.5")
     pids = run.pids()
-    assert wait_until(lambda: "--keep-going: 1 server(s) still serving" in run.child.output())
+    assert wait_until(lambda: "--keep-going: 1 server(s) still serving" in run.child.output(), 20.0)
     assert run.child.returncode is None and healthy(base + 1) and not healthy(base)
     run.child.send_signal(signal.SIGTERM)
     assert run.finish() == 0

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _procs import gone, wait_until
 
 from langchain_qwen_fast._process import ChildProcess, ChildStartError, ChildStartTimeout, stop_all
 
@@ -30,27 +31,6 @@ def _no_leftovers(tmp_path: Path) -> Iterator[None]:
             for pid in json.loads(text) if text.startswith("[") else [int(text)]:
                 if not gone(pid):
                     os.kill(pid, signal.SIGKILL)
-
-
-def gone(pid: int) -> bool:
-    """No such process, or only its zombie (exited, not yet reaped by whoever adopted it)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def wait_until(pred: object, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def with_worker(pids: Path, *, ignore_term: bool = False, ready: Path | None = None) -> list[str]:
@@ -145,7 +125,7 @@ def test_a_worker_outliving_its_leader_keeps_the_child_alive_until_stopped(tmp_p
             time.sleep(0.01)
     """
     child = ChildProcess([*PY, textwrap.dedent(code)]).start()
-    assert wait_until(lambda: child.returncode is not None)
+    assert wait_until(lambda: child.returncode is not None, 10.0)
     assert child.returncode == 0 and child.alive()  # the leader is done, its worker is not
     child.stop(timeout=0.3)
     assert not child.alive() and gone(int(pid_file.read_text()))
