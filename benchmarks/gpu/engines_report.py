@@ -16,6 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from langchain_qwen_fast.bench.report import median_range
+
 
 def _util(folder: Path) -> list[tuple[float, float]]:
     out = []
@@ -38,19 +40,15 @@ def table(rows: list[dict[str, Any]], util: list[tuple[float, float]]) -> list[s
         got = [x["req_s"] for x in rows if x["scenario"] == f"raw_lists_x{r['engines']}" and x["round"] == r["round"]]
         return got[0] if got else None
 
-    def fmt(xs: list[float]) -> str:
-        return f"{statistics.median(xs):.2f}x ({min(xs):.2f}-{max(xs):.2f})" if xs else "-"
-
     order = sorted(by, key=lambda n: (by[n][0]["engines"], not n.startswith("raw"), not n.startswith("openai"), n))
     for name in order:
         rs = by[name]
         busy = [u for r in rs for t, u in util if r["t_start"] <= t <= r["t"]]
         vs_raw = [r["req_s"] / raw for r in rs if (raw := raw_of(r))]
         vs_oa = [r["req_s"] / openai[r["round"]] for r in rs if r["round"] in openai]
-        out.append(f"| {rs[0]['engines']} | {name} | {statistics.median(r['req_s'] for r in rs):.1f} | {fmt(vs_raw)} | "
-                   f"{fmt(vs_oa)} | {statistics.mean(busy):.0f} |" if busy else
-                   f"| {rs[0]['engines']} | {name} | {statistics.median(r['req_s'] for r in rs):.1f} | {fmt(vs_raw)} | "
-                   f"{fmt(vs_oa)} | - |")
+        busy_cell = f"{statistics.mean(busy):.0f}" if busy else "-"
+        out.append(f"| {rs[0]['engines']} | {name} | {statistics.median(r['req_s'] for r in rs):.1f} | "
+                   f"{median_range(vs_raw)} | {median_range(vs_oa)} | {busy_cell} |")
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_qwen_fast.bench import scenarios as S
+from langchain_qwen_fast.bench.report import median_range
 
 
 def _bulk(model: Any, how: str, prompts: list[str]) -> None:
@@ -93,7 +94,7 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
         base = name.rsplit("_interactive", 1)[0] + "_alone"
         rel = [r["bulk_req_s"] / alone[(mt, base, r["round"])] for r in rs
                if "_interactive" in name and (mt, base, r["round"]) in alone]
-        ratio = f"{statistics.median(rel):.3f} ({min(rel):.3f}-{max(rel):.3f})" if rel else "-"
+        ratio = median_range(rel, digits=3, suffix="")
         p50 = [r["interactive_p50_s"] for r in rs if r["interactive_p50_s"] is not None]
         p95 = [r["interactive_p95_s"] for r in rs if r["interactive_p95_s"] is not None]
         bulk = statistics.median(r["bulk_req_s"] for r in rs)

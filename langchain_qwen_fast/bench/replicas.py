@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from langchain_qwen_fast.bench import scenarios as S
+from langchain_qwen_fast.bench.report import median_range
 
 
 async def _raw_lists(urls: list[str], w: S.Workload, per_server: int, batch: int) -> tuple[list[float], int, int]:
@@ -129,9 +130,9 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
         for name in names:
             vals = [v[name] for _, v in rounds if name in v]
             rel = [v[name] / v[f"raw_lists_x{e}"] for _, v in rounds if name in v and v.get(f"raw_lists_x{e}")]
-            spread = f"{statistics.median(rel):.2f}x ({min(rel):.2f}-{max(rel):.2f})" if rel else "-"
+            spread = median_range(rel)
             vs = [v[name] / openai[rnd] for rnd, v in rounds if name in v and rnd in openai]
-            oa = f"{statistics.median(vs):.2f}x ({min(vs):.2f}-{max(vs):.2f})" if vs else "-"
+            oa = median_range(vs)
             out.append(f"| {e} | {name} | {statistics.median(vals):.1f} | {spread} | {oa} |")
     return out
 

@@ -52,6 +52,14 @@ def _med(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def median_range(xs: list[float], digits: int = 2, suffix: str = "x") -> str:
+    """``[0.91, 0.97, 1.05]`` -> ``"0.97x (0.91-1.05)"``: a per-round ratio's median and range; ``-`` when empty."""
+    if not xs:
+        return "-"
+    f = f".{digits}f"
+    return f"{statistics.median(xs):{f}}{suffix} ({min(xs):{f}}-{max(xs):{f}})"
+
+
 def _spread(xs: list[float]) -> str:
     return f"{min(xs):.0f}-{max(xs):.0f}" if len(xs) > 1 else "-"
 
