@@ -57,7 +57,7 @@ class Report:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(c.status == FAIL for c in self.checks) else 0
+        return _exit_code(self.checks)
 
     def summary(self) -> dict[str, int]:
         return _count(self.checks)
@@ -101,7 +101,7 @@ class Diagnosis:
 
     @property
     def exit_code(self) -> int:
-        return 1 if any(c.status == FAIL for c in self.checks) else 0
+        return _exit_code(self.checks)
 
     def summary(self) -> dict[str, int]:
         return _count(self.checks)
@@ -146,6 +146,11 @@ def scrub(checks: list[Check], secrets: list[str], urls: list[str]) -> None:
 
 def _count(checks: list[Check]) -> dict[str, int]:
     return {s: sum(c.status == s for c in checks) for s in STATUSES}
+
+
+def _exit_code(checks: list[Check]) -> int:
+    """1 when any check failed (what the verdict line calls FAILED), else 0."""
+    return 1 if any(c.status == FAIL for c in checks) else 0
 
 
 def _table(checks: list[Check], color: bool) -> list[str]:
