@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,6 +252,38 @@ def served_requests(srv: Any) -> int:
     """Arrivals on the two generation endpoints (counted before anything else happens)."""
     req = srv.stats()["requests"]
     return int(req.get("chat", 0)) + int(req.get("completions", 0))
+
+
+def batch_through_a_kill(
+    model: Any, prompts: list[Any], victim: Any, progress: Callable[[], float], at: float, pause_s: float,
+    at_kill: Callable[[], Any],
+) -> tuple[list[Any], dict[str, Any]]:
+    """``model.batch(prompts, return_exceptions=True)`` while another thread waits for ``progress() >= at``
+    (60 s at most), records ``at_kill()``, SIGKILLs ``victim``, waits ``pause_s`` and restarts it.
+
+    Returns the outputs and the events: ``at_kill``, and the monotonic times ``killed`` (just after the
+    kill), ``restarted`` and ``done`` (the batch returned). The thread has ended when this returns.
+    """
+    events: dict[str, Any] = {}
+
+    def chaos() -> None:
+        give_up = time.monotonic() + 60
+        while progress() < at and time.monotonic() < give_up:
+            time.sleep(0.01)
+        events["at_kill"] = at_kill()
+        victim.kill()
+        events["killed"] = time.monotonic()
+        time.sleep(pause_s)
+        victim.restart()
+        events["restarted"] = time.monotonic()
+
+    th = threading.Thread(target=chaos, daemon=True)
+    th.start()
+    outs = model.batch(prompts, return_exceptions=True)
+    events["done"] = time.monotonic()
+    th.join(30)
+    assert not th.is_alive(), "the kill-and-restart thread did not finish"
+    return outs, events
 
 
 def note(line: str) -> None:

@@ -8,13 +8,12 @@ in any prompt hits the whole list, as a real server rejecting one bad prompt rej
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import Ledger, note, served_requests
+from harness import Ledger, batch_through_a_kill, note, served_requests
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._errors import (
@@ -263,35 +262,19 @@ def test_server_killed_and_restarted_mid_batch(
     n = 2000
     led = Ledger(f"server SIGKILLed at ~30% of a {n}-item batch, restarted 1 s later ({wire})")
     ids, prompts = led.prompts(n)
-    events: dict[str, float] = {}
-
-    def chaos() -> None:
-        give_up = time.monotonic() + 60
-        while srv.stats()["prompts_served"] < 0.3 * n and time.monotonic() < give_up:
-            time.sleep(0.01)
-        events["in_flight_at_kill"] = model.stats()["in_flight"]
-        events["killed"] = time.monotonic()
-        srv.kill()
-        time.sleep(1.0)
-        srv.restart()
-        events["restarted"] = time.monotonic()
-
-    th = threading.Thread(target=chaos, daemon=True)
-    th.start()
-    outs = model.batch(prompts, return_exceptions=True)
-    events["batch_done"] = time.monotonic()
-    th.join(30)
-    assert not th.is_alive()
+    outs, events = batch_through_a_kill(
+        model, prompts, srv, progress=lambda: srv.stats()["prompts_served"], at=0.3 * n, pause_s=1.0,
+        at_kill=lambda: model.stats()["in_flight"])
     led.record_all(ids, outs)
     # What was in flight at the kill may fail (its retries, 0.25-1.5 s of backoff, can end before
     # the restart); so may the next admission wave if the restart is slow. The rest completes.
     t = led.check(min_answered=n // 2)
-    assert t.failed <= events["in_flight_at_kill"] + model.max_concurrency, (t.failed, events)
+    assert t.failed <= events["at_kill"] + model.max_concurrency, (t.failed, events)
     note(
-        f"kill/restart ({wire}): {events['in_flight_at_kill']:.0f} items in flight at the kill, "
+        f"kill/restart ({wire}): {events['at_kill']:.0f} items in flight at the kill, "
         f"{t.failed} failed, restart took {events['restarted'] - events['killed'] - 1.0:.2f} s"
     )
-    assert events["killed"] < events["batch_done"], "the kill came after the batch: nothing was tested"
+    assert events["killed"] < events["done"], "the kill came after the batch: nothing was tested"
     # AllReplicasDownError (an APIConnectionError) names the server and its last error.
     assert set(t.errors) <= {"APIConnectionError", "AllReplicasDownError", "ServerError", "DeadlineExceededError"}, (
         t.errors

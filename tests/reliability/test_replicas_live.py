@@ -6,13 +6,12 @@ Real simulator processes on loopback, one per replica; every input goes through 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from harness import Ledger, note
+from harness import Ledger, batch_through_a_kill, note
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._replicas import AllReplicasDownError
@@ -83,29 +82,13 @@ def test_a_replica_killed_mid_batch_and_restarted_loses_nothing(
     led = Ledger(f"1 of 3 replicas SIGKILLed at 30% of a {n}-item batch, restarted 2 s later ({wire})")
     ids, prompts = led.prompts(n)
     victim = sims[1]
-    events: dict[str, Any] = {}
-
-    def chaos() -> None:
-        give_up = time.monotonic() + 60
-        while sum(served(s) for s in sims) < 0.3 * n and time.monotonic() < give_up:
-            time.sleep(0.01)
-        events["in_flight_on_victim"] = model.stats()["endpoints"][victim.base_url]["in_flight"]
-        victim.kill()
-        events["killed"] = time.monotonic()
-        time.sleep(2.0)
-        victim.restart()
-        events["restarted"] = time.monotonic()
-
-    th = threading.Thread(target=chaos, daemon=True)
-    th.start()
-    outs = model.batch(prompts, return_exceptions=True)
-    events["done"] = time.monotonic()
-    th.join(30)
-    assert not th.is_alive()
+    outs, events = batch_through_a_kill(
+        model, prompts, victim, progress=lambda: sum(served(s) for s in sims), at=0.3 * n, pause_s=2.0,
+        at_kill=lambda: model.stats()["endpoints"][victim.base_url]["in_flight"])
     led.record_all(ids, outs)
     t = led.check(min_answered=n)  # the two others carry the killed one's work: nothing even fails
     assert events["killed"] < events["done"], "the kill came after the batch: nothing was tested"
-    note(f"replica kill/restart ({wire}): {events['in_flight_on_victim']} sequences on it at the kill, "
+    note(f"replica kill/restart ({wire}): {events['at_kill']} sequences on it at the kill, "
          f"{t.answered} answered, {t.failed} failed, batch ended {events['done'] - events['killed']:.2f} s after")
     # It serves again afterwards, without anything restarted on the client side.
     time.sleep(0.6)  # the probe's backoff is at most 0.5 s
