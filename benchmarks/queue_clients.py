@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         proc = subprocess.Popen([server, "--port", "0", "--unixsocket", str(sock), "--save", "", "--dir", tmp],
                                 stdout=subprocess.DEVNULL, start_new_session=True)
         try:
-            while not sock.exists():
+            deadline = time.monotonic() + 30
+            while not sock.exists():  # a redis-server that exits or never listens ends the run, not a hang
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"redis-server did not open {sock} (exit status {proc.poll()})")
                 time.sleep(0.02)
             url = f"unix://{sock}"
             for rnd in range(args.rounds):
