@@ -11,42 +11,13 @@
 # Carried folders (see benchmarks/gpu/README.md): .gpu1 (server site tarballs from ../shared/gpu-blobs),
 # .gpu1b (the client site tarball), .gpu-kit (the kit: model/ and offline_bench.py), .gpu3 (this
 # project's wheel and py-spy's). The two site folders together are over one call's carry limit.
-set -u
-PHASE=${1:?phase}
-T0=$(date +%s)
-OUTD=${OUT:-/tmp/out}; mkdir -p "$OUTD"
-exec > >(tee -a "$OUTD/device_$PHASE.log") 2>&1
-export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_USE_FLASHINFER_SAMPLER=0 \
-       PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-BUDGET=${BUDGET:-575}
-DEADLINE=$(( T0 + BUDGET - 25 ))
-echo "== $PHASE start $(date -u) cores $(nproc)"
-
-unpack() {  # tarball dest marker
-  [ -e "$3" ] && return 0
-  [ -f "$1" ] || return 0
-  python3 -c "import tarfile,sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" "$1" "$2" || { echo "unpack $1 failed"; exit 4; }
-  echo "unpacked $1 at $(( $(date +%s) - T0 )) s"
-}
-mkdir -p /tmp/site /tmp/csite
-for d in .gpu1 .gpu1b; do
-  unpack $d/vllm_strip.tar.xz /tmp/site /tmp/site/vllm/__init__.py
-  unpack $d/ssite.tar.xz /tmp/site /tmp/site/fastapi/__init__.py
-  unpack $d/extra.tar.xz /tmp/site /tmp/site/xgrammar/__init__.py
-  unpack $d/csite.tar.xz /tmp/csite /tmp/csite/langchain_openai/__init__.py
-done
+RUNNER=device DEFAULT_BUDGET=575 MARGIN=25
+source "$(dirname "$0")/_preamble.sh"
 NEED="/tmp/site/vllm/__init__.py /tmp/site/xgrammar/__init__.py"
 [ "$PHASE" = serve ] || NEED="$NEED /tmp/csite/langchain_openai/__init__.py"
 for m in $NEED; do
   [ -f $m ] || { echo "COLD: $m missing; carry .gpu1 (server) or .gpu1b (client) again"; exit 3; }
 done
-if [ ! -f /tmp/model/tokenizer.json ]; then
-  rm -rf /tmp/model; cp -r .gpu-kit/model /tmp/model
-  python3 -c "import lzma; open('/tmp/model/tokenizer.json','wb').write(lzma.open('/tmp/model/tokenizer.json.xz').read())"
-  rm -f /tmp/model/tokenizer.json.xz
-fi
-[ -d .gpu3 ] && python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/csite .gpu3/*.whl
-CPY="env PYTHONPATH=/tmp/csite python3"
 PYSPY=/tmp/csite/bin/py-spy
 # GPU utilisation, sampled twice a second while this phase runs (the engine, not the GPU, is the limit)
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 500 > "$OUTD/gpu_util_$PHASE.csv" 2>/dev/null &
