@@ -162,7 +162,9 @@ class ReplicaSet:
         self.interactive_until = 0.0  # headroom is kept while single calls or streams came recently
         self.health = health or HealthPolicy()
         self.routing = routing or RoutingPolicy()
-        self.affinity = self.routing.mode == "prefix_affinity"
+        # With one replica a prefix has nowhere else to go: affinity would only keep its table, and its list
+        # filter (belongs) would find no home recorded and send every prompt in a list of its own.
+        self.affinity = self.routing.mode == "prefix_affinity" and len(self.replicas) > 1
         self._table = AffinityTable(self.routing.table_size)
         self.inflight = 0
         self._rr = 0

@@ -242,3 +242,24 @@ async def test_with_prefix_affinity_each_system_prompt_keeps_one_replica_even_in
     assert all(len(h) == 1 for h in homes.values()), dict(homes)  # one replica per system prompt
     assert len(set().union(*homes.values())) == 3  # and all three replicas used
     assert max(sizes) > 8  # still lists: the prompts of one prefix share them
+
+
+async def test_with_prefix_affinity_one_replica_still_fills_its_lists(mock_model: Any) -> None:
+    """With one replica there is nowhere else for a prefix to go: lists fill as without affinity (they held
+    one prompt each when the list filter asked a prefix table that a single replica never wrote)."""
+    import asyncio as _asyncio
+
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    async def slow(payload: dict[str, Any], request: httpx.Request) -> httpx.Response:
+        await _asyncio.sleep(0.02)
+        return completions_server(reverse=False)(payload, request)
+
+    model, rec = mock_model(slow, base_url="http://127.0.0.1:9/v1", routing="prefix_affinity",
+                            wire_mode="completions", max_tokens=8)
+    system = "You are a shop assistant. " + "Be brief. " * 40
+    outs = await model.abatch([[SystemMessage(system), HumanMessage(f"q-{i}")] for i in range(200)])
+    assert [o.content for o in outs[:3]] == ["list:q-0", "list:q-1", "list:q-2"]
+    sizes = [len(_prompts(r["json"])) for r in rec.requests]
+    assert sum(sizes) == 200
+    assert max(sizes) > 8 and len(sizes) < 50, sizes  # lists, not one request per prompt
