@@ -123,14 +123,8 @@ class Scheduler:
                 heads.append(f)
         if not heads:
             return None
-        if accept is not None:
-            for prio in list(self._rings):
-                if prio not in self._rings:
-                    continue
-                for f in self._rings[prio]:
-                    if self.head(f) is not None and accept(f):
-                        return f
-            return None
+        if accept is not None:  # highest priority first, as flows() walks them
+            return next((f for f in self.flows() if self.head(f) is not None and accept(f)), None)
         starving = [f for f in heads[1:] if self._skipped.get(f.priority, 0) >= self.policy.starve_after]
         return starving[0] if starving else heads[0]
 

@@ -169,3 +169,17 @@ def test_filling_a_list_from_flows_that_rotate_is_safe(loop: Any) -> None:
     assert f is not None
     got = s.collect(f, 15, 10**9, 60)  # takes from every other flow, which charges (and rotates) them
     assert len(got) == 15 and len(s) == 0
+
+
+def test_the_first_flow_accept_allows_is_taken_in_priority_order(loop: Any) -> None:
+    """``current(accept=...)`` (single calls using the headroom while bulk work is full) follows the
+    priorities like ``current()``: a priority-5 single call before a priority-0 one that came first."""
+    s = Scheduler()
+    bulk, low, high = Flow("batch", 9), Flow("single", 0), Flow("single", 5)
+    for f in (bulk, low, high):
+        (it,) = items(1, loop, key=None)
+        s.push(f, it)
+    assert s.current() is bulk
+    assert s.current(accept=lambda f: not f.bulk) is high
+    assert s.current(accept=lambda f: f is low) is low
+    assert s.current(accept=lambda f: False) is None
