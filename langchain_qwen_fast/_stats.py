@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from typing import Any
 
 _RING = 8192
@@ -85,22 +85,15 @@ class DispatchStats:
         self.batch_sizes: Counter[int] = Counter()
         self.queue_wait = Ring()
         self.item_latency = Ring()
-        self.flow_wait: dict[str, Ring] = {}  # by flow kind: batch, single, stream
-        self.priority_wait: dict[int, Ring] = {}
+        self.flow_wait: defaultdict[str, Ring] = defaultdict(Ring)  # by flow kind: batch, single, stream
+        self.priority_wait: defaultdict[int, Ring] = defaultdict(Ring)
 
     def waited(self, seconds: float, flow: Any) -> None:
-        """Queue wait of one admitted item, overall, by its flow's kind and by its priority."""
+        """Queue wait of one admitted item (every queued item has its flow: ``Dispatcher.submit``),
+        overall, by its flow's kind and by its priority."""
         self.queue_wait.add(seconds)
-        if flow is None:
-            return
-        ring = self.flow_wait.get(flow.kind)
-        if ring is None:
-            ring = self.flow_wait[flow.kind] = Ring()
-        ring.add(seconds)
-        ring = self.priority_wait.get(flow.priority)
-        if ring is None:
-            ring = self.priority_wait[flow.priority] = Ring()
-        ring.add(seconds)
+        self.flow_wait[flow.kind].add(seconds)
+        self.priority_wait[flow.priority].add(seconds)
 
     def snapshot(self) -> dict[str, Any]:
         return {
