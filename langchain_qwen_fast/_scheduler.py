@@ -158,6 +158,11 @@ class Scheduler:
         head = q.popleft()
         batch, tokens = [head], head.est_tokens
         key = head.key
+
+        def fits(it: Item) -> bool:  # may ride in this list: same key, a prompt, within the token cap
+            return (it.key == key and it.prompt is not None and tokens + it.est_tokens <= token_cap
+                    and (accept is None or accept(it)))
+
         skipped: list[Item] = []
         scanned = 0
         while q and len(batch) < limit and scanned < window:
@@ -165,8 +170,7 @@ class Scheduler:
             scanned += 1
             if it.future.done():
                 continue
-            if (it.key == key and it.prompt is not None and tokens + it.est_tokens <= token_cap
-                    and (accept is None or accept(it))):
+            if fits(it):
                 batch.append(it)
                 tokens += it.est_tokens
             else:
@@ -189,8 +193,7 @@ class Scheduler:
                     oq.popleft()
                     self.queued -= 1
                     continue
-                if (it.key != key or it.prompt is None or tokens + it.est_tokens > token_cap
-                        or (accept is not None and not accept(it))):
+                if not fits(it):
                     break
                 batch.append(oq.popleft())
                 self.queued -= 1
