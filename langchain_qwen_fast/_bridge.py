@@ -95,9 +95,7 @@ class BatchRun(_Run):
 
     def results(self) -> Iterator[Triple]:
         while self.received < self.total:
-            for triple in self.q.get():
-                self.received += 1
-                yield triple
+            yield from self.take()
 
     def take(self) -> list[Triple]:
         """Block for the next delivery (the results that settled in one loop iteration)."""
@@ -115,8 +113,7 @@ class ABatchRun(_Run):
 
     async def results(self) -> AsyncIterator[Triple]:
         while self.received < self.total:
-            for triple in await self.q.get():
-                self.received += 1
+            for triple in await self.take():
                 yield triple
 
     async def take(self) -> list[Triple]:
