@@ -24,6 +24,10 @@ Triple = tuple[int, Any, BaseException | None]
 _END = object()
 
 
+#: Why a blocking call on the loop thread is refused: it would wait for the loop it is blocking.
+ON_LOOP_THREAD = "sync BatchedChatQwen calls cannot run on the qwen-fast loop thread; use the async API"
+
+
 def _putter(q: asyncio.Queue[Any]) -> Callable[[Any], None]:
     """A put for ``q`` (owned by the running loop) that any thread may call; dropped once that loop is closed."""
     loop = asyncio.get_running_loop()
@@ -89,7 +93,7 @@ class BatchRun(_Run):
 
     def __init__(self, rt: Runtime, disp: Dispatcher, limit: int | None, flow: Flow) -> None:
         if rt.in_loop_thread():
-            raise RuntimeError("sync BatchedChatQwen calls cannot run on the qwen-fast loop thread; use the async API")
+            raise RuntimeError(ON_LOOP_THREAD)
         self.q: queue.SimpleQueue[list[Triple]] = queue.SimpleQueue()
         super().__init__(rt, disp, limit, self.q.put, flow)
 
@@ -175,7 +179,13 @@ class _StreamPipe:
         self.rt.call_soon(_c)
 
 
-def stream_events(rt: Runtime, open_events: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
+def stream_events(
+    rt: Runtime, open_events: Callable[[], AsyncIterator[Any]], on_loop_thread: str = ""
+) -> Iterator[Any]:
+    """The events of ``open_events()`` (run on the loop) for a blocking reader; on the loop thread itself
+    it raises ``RuntimeError(on_loop_thread or ON_LOOP_THREAD)``, since waiting there would never end."""
+    if rt.in_loop_thread():
+        raise RuntimeError(on_loop_thread or ON_LOOP_THREAD)
     q: queue.SimpleQueue[Any] = queue.SimpleQueue()
     pipe = _StreamPipe(rt, open_events)
     fut = rt.submit(pipe.produce(q.put))

@@ -53,8 +53,6 @@ def run_batch_as_completed(
     """``(index, output)`` as each input finishes, from ``runnable.abatch_as_completed`` on the package's
     loop. Leaving the loop early cancels what has not finished."""
     rt = get_runtime()
-    if rt.in_loop_thread():
-        raise RuntimeError("run_batch_as_completed blocks; on the qwen-fast loop use abatch_as_completed")
 
     def pairs() -> AsyncIterator[tuple[int, Any]]:
         return runnable.abatch_as_completed(  # type: ignore[call-overload,no-any-return]
@@ -63,4 +61,5 @@ def run_batch_as_completed(
 
     # The same carrier a sync stream uses: runs the async iterator on the loop, hands its items over in
     # order, raises its error after them, and cancels it when the caller stops reading.
-    yield from stream_events(rt, pairs)
+    yield from stream_events(
+        rt, pairs, on_loop_thread="run_batch_as_completed blocks; on the qwen-fast loop use abatch_as_completed")

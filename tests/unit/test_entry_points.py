@@ -145,3 +145,24 @@ def test_run_batch_returns_per_item_exceptions_and_raises_without_them(local_ser
     with pytest.raises(ValueError, match="bad input here"):
         run_batch(RunnableLambda(maybe), ["a", "bad"])
     llm.close()
+
+
+def test_blocking_entry_points_on_the_loop_thread_raise_instead_of_hanging(local_server: Any) -> None:
+    """A sync call made on the package's own loop thread (a callback or tool running there) would wait for
+    the loop it blocks: invoke, stream and run_batch_as_completed each raise at once instead."""
+    from langchain_qwen_fast._runtime import get_runtime
+
+    model = model_for(local_server())
+
+    async def on_the_loop() -> list[str]:
+        said = []
+        for call in (lambda: model.invoke("hi"), lambda: next(iter(model.stream("hi"))),
+                     lambda: next(run_batch_as_completed(model, ["hi"]))):
+            with pytest.raises(RuntimeError, match="qwen-fast loop") as e:
+                call()
+            said.append(str(e.value))
+        return said
+
+    said = get_runtime().submit(on_the_loop()).result(timeout=10)
+    assert "run_batch_as_completed blocks" in said[2] and "use the async API" in said[1]
+    model.close()
