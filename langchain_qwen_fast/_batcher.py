@@ -382,6 +382,7 @@ class Dispatcher:
         for kind, counts in self.sched.snapshot().items():
             snap["flows"].setdefault(kind, {}).update(counts)
         snap["endpoints"] = self.replicas.snapshot()
+        snap["capacity"] = self.replicas.capacity()  # what all replicas admit at once (per-replica and total limits)
         return snap
 
     async def aclose(self) -> None:

@@ -57,10 +57,7 @@ class WorkerConfig:
 
 
 def admission_capacity(model: Any) -> int:
-    """Sequences the model admits at once: the sum of per-replica limits when ``stats()`` reports them, else
-    ``max_concurrency`` (one pool-wide limit)."""
-    endpoints = (model.stats().get("endpoints") or {}).values()
-    limits = [ep.get("limit") for ep in endpoints]
-    if limits and all(isinstance(x, int) and x > 0 for x in limits):
-        return int(sum(limits))  # type: ignore[arg-type]
-    return int(model.max_concurrency)
+    """Sequences the model admits at once, as its dispatcher reports it in ``stats()["capacity"]`` (the
+    per-replica limits summed, capped by ``max_total_concurrency``); else ``max_concurrency``."""
+    cap = model.stats().get("capacity")
+    return cap if isinstance(cap, int) and cap > 0 else int(model.max_concurrency)

@@ -131,3 +131,22 @@ def test_a_worker_config_is_checked_when_built(fields: dict[str, Any], why: str)
 def test_every_key_derives_from_the_stream_name() -> None:
     k = Keys("jobs")
     assert (k.result("a"), k.replies("p"), k.dead) == ("jobs:result:a", "jobs:replies:p", "jobs:dead")
+
+
+def test_a_workers_capacity_is_what_the_model_admits_total_limit_included() -> None:
+    from langchain_qwen_fast import BatchedChatQwen
+    from langchain_qwen_fast.integrations._config import admission_capacity
+
+    urls = [f"http://127.0.0.{i}:9/v1" for i in (1, 2, 3, 4)]
+    with BatchedChatQwen(base_url=urls, model="m", max_concurrency=512) as four:
+        assert admission_capacity(four) == 4 * 512
+    with BatchedChatQwen(base_url=urls, model="m", max_concurrency=512, max_total_concurrency=100) as capped:
+        assert admission_capacity(capped) == 100  # the sum of per-replica limits was 2048: jobs held, not admitted
+
+    class Plain:  # any model without the dispatcher's figure: its own limit
+        max_concurrency = 7
+
+        def stats(self) -> dict[str, Any]:
+            return {}
+
+    assert admission_capacity(Plain()) == 7
