@@ -123,14 +123,15 @@ class JobQueue:
     async def submit_many(self, inputs: Iterable[Any], *, job_ids: Sequence[str] | None = None,
                           **params: Any) -> list[str]:
         """Enqueue many jobs in pipelined XADDs; every job is checked first, so a bad one enqueues none."""
+        inputs = list(inputs)
+        if job_ids is not None and len(job_ids) != len(inputs):
+            raise ValueError(f"{len(job_ids)} job_ids for {len(inputs)} inputs")
         docs: list[tuple[str, bytes]] = []
         for i, value in enumerate(inputs):
             jid = check_job_id(job_ids[i]) if job_ids is not None else secrets.token_hex(12)
             doc = job_document(jid, _as_messages(value), params, self.producer)
             parse_job(doc, max_bytes=self.max_job_bytes)  # raises BadJob (a ValueError) naming the problem
             docs.append((jid, doc))
-        if job_ids is not None and len(job_ids) != len(docs):
-            raise ValueError(f"{len(job_ids)} job_ids for {len(docs)} inputs")
         loop = asyncio.get_running_loop()
         for jid, _ in docs:
             self._futures.setdefault(jid, loop.create_future())

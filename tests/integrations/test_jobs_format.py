@@ -91,6 +91,11 @@ def test_the_producer_refuses_a_bad_job_before_anything_is_sent() -> None:
         asyncio.run(submit())
     with pytest.raises(ValueError, match="plain text"):
         asyncio.run(q.submit_many([[AIMessage(content=[{"type": "image"}])]]))
+    # job_ids that do not match the inputs one to one: named, whichever side is longer
+    with pytest.raises(ValueError, match="1 job_ids for 2 inputs"):
+        asyncio.run(q.submit_many(["a", "b"], job_ids=["only-one"]))
+    with pytest.raises(ValueError, match="3 job_ids for 2 inputs"):
+        asyncio.run(q.submit_many(["a", "b"], job_ids=["x1", "x2", "x3"]))
 
 
 def test_langchain_messages_become_role_and_content() -> None:
