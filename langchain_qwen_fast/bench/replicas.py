@@ -26,46 +26,10 @@ from langchain_qwen_fast.bench import scenarios as S
 from langchain_qwen_fast.bench.report import median_range
 
 
-async def _raw_lists(urls: list[str], w: S.Workload, per_server: int, batch: int) -> tuple[list[float], int, int]:
-    import aiohttp
-    import orjson
-
-    ps = S.prompts(w.n)
-    bodies = [
-        {"model": w.model, "prompt": [S._chatml(q) for q in ps[k : k + batch]], "max_tokens": w.max_tokens,
-         "temperature": w.temperature, **w.extra}
-        for k in range(0, len(ps), batch)
-    ]
-    outstanding = dict.fromkeys(urls, 0)
-    lat: list[float] = []
-    toks = errors = 0
-    sem = asyncio.Semaphore(per_server * len(urls))
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {w.api_key}"}
-    conn = aiohttp.TCPConnector(limit=per_server * len(urls) + 8)
-    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=600)) as s:
-
-        async def post(body: dict[str, Any]) -> None:
-            nonlocal toks, errors
-            k = len(body["prompt"])
-            async with sem:
-                url = min(urls, key=lambda u: outstanding[u])
-                outstanding[url] += k
-                t = time.perf_counter()
-                try:
-                    async with s.post(url.rstrip("/") + "/completions", data=orjson.dumps(body), headers=headers) as r:
-                        toks += orjson.loads(await r.read())["usage"]["completion_tokens"]
-                except Exception:
-                    errors += k
-                finally:
-                    outstanding[url] -= k
-                    lat.extend([time.perf_counter() - t] * k)
-
-        await asyncio.gather(*(post(b) for b in bodies))
-    return lat, toks, errors
-
-
 def raw_scenario(urls: list[str], w: S.Workload, per_server: int = 16, batch: int = 32) -> dict[str, Any]:
-    (lat, toks, errors), wall, cpu = S._timed(lambda: asyncio.run(_raw_lists(urls, w, per_server, batch)))
+    # lists of ``batch`` prompts, ``per_server`` in flight per engine, each to the engine with the fewest prompts
+    (lat, toks, errors), wall, cpu = S._timed(lambda: asyncio.run(S._raw(w, "list", per_server * len(urls), batch,
+                                                                          urls)))
     return S._result(f"raw_lists_x{len(urls)}", w, wall, cpu, lat, toks, errors, client="aiohttp", engines=len(urls))
 
 

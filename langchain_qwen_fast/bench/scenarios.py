@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -285,7 +285,11 @@ def _chatml(q: str) -> str:
     return render_chatml([{"role": "user", "content": q}], enable_thinking=False)
 
 
-async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[float], int, Counter[str]]:
+async def _raw(
+    w: Workload, mode: str, inflight: int, batch: int, urls: Sequence[str] | None = None
+) -> tuple[list[float], int, Counter[str]]:
+    """The raw aiohttp client: ``inflight`` requests at once, each to the server of ``urls`` (default: the
+    workload's) with the fewest prompts in flight."""
     import aiohttp
     import orjson
 
@@ -293,7 +297,7 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
     toks = 0
     errors: Counter[str] = Counter()
     ps = prompts(w.n)
-    url = w.base_url.rstrip("/")
+    outstanding = dict.fromkeys((u.rstrip("/") for u in urls or [w.base_url]), 0)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {w.api_key}"}
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=inflight + 8), timeout=aiohttp.ClientTimeout(total=600)
@@ -303,6 +307,8 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
         async def post(path: str, body: dict[str, Any], k: int) -> None:
             nonlocal toks
             async with sem:
+                url = min(outstanding, key=outstanding.__getitem__)
+                outstanding[url] += k
                 t = time.perf_counter()
                 try:
                     async with s.post(url + path, data=orjson.dumps(body), headers=headers) as r:
@@ -314,6 +320,7 @@ async def _raw(w: Workload, mode: str, inflight: int, batch: int) -> tuple[list[
                 except Exception as e:
                     errors[type(e).__name__] += k
                 finally:
+                    outstanding[url] -= k
                     lat.extend([time.perf_counter() - t] * k)
 
         if mode == "chat":

@@ -84,3 +84,16 @@ def test_replicas_plan_reverses_each_engine_counts_rows_in_odd_rounds() -> None:
     assert even[4:] == ["raw_lists_x3", "qwen_batch_x3", "qwen_abatch_x3", "qwen_batch_x3_shared512",
                         "qwen_batch_x3_affinity"]
     assert odd[4:] == list(reversed(even[4:]))
+
+
+def test_replicas_raw_rows_spread_lists_over_the_engines_and_name_each_error_type(
+    local_server: Callable[..., LocalServer],
+) -> None:
+    from langchain_qwen_fast.bench import replicas
+
+    server = local_server()
+    server.respond = lambda payload: (503, {"error": {"message": "busy"}})
+    w = S.Workload(server.base_url, n=64, max_tokens=8)
+    row = replicas.raw_scenario([server.base_url, "http://127.0.0.1:9/v1"], w, per_server=2, batch=8)
+    assert row["scenario"] == "raw_lists_x2" and row["errors"] == 64
+    assert set(row["error_types"]) == {"HTTP 503", "ClientConnectorError"}, row["error_types"]  # both engines got lists
