@@ -219,10 +219,11 @@ def token_usage_of(usage: Any) -> dict[str, Any] | None:
     return {**dict.fromkeys(_USAGE_FIELDS), **_mapping(usage, "usage")}
 
 
-def llm_output_of(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any]:
-    """The response-level ``response_metadata`` keys, as ChatOpenAI's ``_create_chat_result`` sets them."""
+def llm_output_of(resp: Mapping[str, Any], model_fallback: str, token_usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The response-level ``response_metadata`` keys, as ChatOpenAI's ``_create_chat_result`` sets them;
+    ``token_usage`` is the response's (chat) or one prompt's share of a list (completions)."""
     out: dict[str, Any] = {
-        "token_usage": token_usage_of(resp.get("usage")),
+        "token_usage": token_usage,
         "model_provider": MODEL_PROVIDER,
         "model_name": resp.get("model") or model_fallback,
         # ChatOpenAI (through the openai SDK) reports None when the server sends no fingerprint.
@@ -274,7 +275,7 @@ def chat_response_to_result(resp: Mapping[str, Any], model_fallback: str) -> Cha
         if usage:
             message.usage_metadata = usage_to_metadata(_mapping(usage, "usage"))
         gens.append(ChatGeneration(message=message, generation_info=_generation_info(choice)))
-    return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback))
+    return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback, token_usage_of(usage)))
 
 
 def completion_choice_to_result(
@@ -288,15 +289,17 @@ def completion_choice_to_result(
     message = dict_to_ai_message({"content": choice.get("text") or ""})
     if usage:
         message.usage_metadata = usage_to_metadata(usage)
-    out = llm_output_of(resp, model_fallback)
-    out["token_usage"] = token_usage_of(usage)
+    out = llm_output_of(resp, model_fallback, token_usage_of(usage))
     gen = ChatGeneration(message=message, generation_info=_generation_info(choice))
     return ChatResult(generations=[gen], llm_output=out)
 
 
 def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Mapping[str, Any], dict[str, Any] | None]]:
-    """Match a list response's choices to prompts by ``index``; raise if any is missing."""
+    """Match a list response's choices to prompts by ``index``; raise if any is missing, or if the list's
+    ``usage`` is not an object (each prompt's metadata uses its own share, so this is the one check of it)."""
     choices = _check_shape(resp)
+    if resp.get("usage"):
+        _mapping(resp["usage"], "usage")
     by_index: dict[int, Mapping[str, Any]] = {}
     for c in choices:
         index = c.get("index", 0)
@@ -312,7 +315,7 @@ def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Map
             p, o = len(c["prompt_token_ids"]), len(c["token_ids"])
             usage = {"prompt_tokens": p, "completion_tokens": o, "total_tokens": p + o}
         elif n_prompts == 1 and resp.get("usage"):
-            usage = dict(_mapping(resp["usage"], "usage"))
+            usage = dict(resp["usage"])
         out.append((c, usage))
     return out
 

@@ -363,3 +363,13 @@ def test_retry_fails_over_to_another_replica(mock_model: Any, fast_backoff: None
     hosts = [httpx.URL(r["url"]).host for r in rec.requests]
     assert "127.0.0.1" in hosts  # some first attempts did fail over
     assert hosts.count("127.0.0.2") == 4
+
+
+def test_a_completions_list_whose_usage_is_not_an_object_fails_every_prompt(mock_model: Any) -> None:
+    body = {"id": "cmpl-x", "choices": [{"index": i, "text": f"a{i}", "finish_reason": "length", "token_ids": [1],
+                                          "prompt_token_ids": [1, 2]} for i in range(3)], "usage": [3]}
+    model, rec = mock_model(lambda p, r: httpx.Response(200, json=body), wire_mode="completions", max_tokens=8,
+                            max_wait_ms=50)
+    outs = model.batch(["q0", "q1", "q2"], return_exceptions=True)
+    assert rec.count == 1 and len(rec.last["prompt"]) == 3  # one list
+    assert all(isinstance(o, InvalidResponseError) and "usage is a JSON list" in str(o) for o in outs), outs
