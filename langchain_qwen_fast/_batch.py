@@ -70,14 +70,13 @@ class _Driver:
             capacity = min(capacity, self.prep.limit)
         self.ahead = max(2 * capacity, 1024)
         self.flow = Flow("batch", self.prep.spec.priority)
-        self.managers: dict[int, Any] = {}  # item number -> run manager, while pending
-        self.pending = 0
+        self.managers: dict[int, Any] = {}  # item number -> run manager, while pending (one per item sent)
         self._chunks = self.prep.chunks()
         self._fed = False
 
     def next_chunk(self) -> tuple[list[Any], list[Any], list[Any], list[tuple[int, BaseException]]] | None:
         """The next chunk to start, or None while enough is pending (or when every input is out)."""
-        if self._fed or self.pending >= self.ahead:
+        if self._fed or len(self.managers) >= self.ahead:
             return None
         chunk = next(self._chunks, None)
         if chunk is None:
@@ -86,7 +85,7 @@ class _Driver:
 
     @property
     def done(self) -> bool:
-        return self._fed and not self.pending
+        return self._fed and not self.managers
 
 
 def _raise_first(outputs: list[Any]) -> None:
@@ -113,11 +112,9 @@ def iter_fast(
                         (d.managers[number],) = prep.manager(cfg, CallbackManager).on_chat_model_start(*args, **kw)
                         number += 1
                     run.add(items)
-                    d.pending += len(items)
-                if not d.pending:
+                if not d.managers:
                     continue
                 for j, result, exc in run.take():
-                    d.pending -= 1
                     rm = d.managers.pop(j)
                     if exc is not None:
                         rm.on_llm_error(exc, response=error_response(exc))
@@ -156,11 +153,9 @@ async def aiter_fast(
                         )
                         number += 1
                     run.add(items)
-                    d.pending += len(items)
-                if not d.pending:
+                if not d.managers:
                     continue
                 for j, result, exc in await run.take():
-                    d.pending -= 1
                     rm = d.managers.pop(j)
                     if exc is not None:
                         await rm.on_llm_error(exc, response=error_response(exc))
