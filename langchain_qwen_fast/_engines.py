@@ -34,6 +34,7 @@ from aiohttp import http_exceptions
 from langchain_qwen_fast._errors import (
     ClientClosedError,
     _HTTPInfo,
+    cause_chain,
     connection_error,
     invalid_http,
     not_http,
@@ -82,14 +83,7 @@ class Engine(Protocol):
 # -- the one seam where library exceptions become package errors -------------------------------------
 def _cause_of(exc: BaseException, kind: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException | None:
     """The first exception of ``kind`` in ``exc``'s cause chain (``exc`` included)."""
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        if isinstance(e, kind):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
+    return next((e for e in cause_chain(exc) if isinstance(e, kind)), None)
 
 
 def _classes(module: Any, *names: str) -> tuple[type[BaseException], ...]:

@@ -23,6 +23,7 @@ Every exception an HTTP library raises becomes one of these once, at the engine
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from typing import Any
 
 from langchain_core.exceptions import (
@@ -255,20 +256,22 @@ def invalid_body(status: int, body: bytes, url: str, why: str) -> InvalidRespons
     return exc
 
 
+def cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, then what it was raised from or during (``__cause__``, else ``__context__``), each once."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
 def _is_certificate_error(cause: BaseException) -> bool:
     """A TLS certificate that failed verification, anywhere in the cause chain (aiohttp, httpx)."""
     import ssl
 
-    seen: set[int] = set()
-    e: BaseException | None = cause
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, (ssl.SSLCertVerificationError, ssl.CertificateError)):
-            return True
-        if "CERTIFICATE_VERIFY_FAILED" in str(e):
-            return True
-        e = e.__cause__ or e.__context__
-    return False
+    bad = (ssl.SSLCertVerificationError, ssl.CertificateError)
+    return any(isinstance(e, bad) or "CERTIFICATE_VERIFY_FAILED" in str(e) for e in cause_chain(cause))
 
 
 def connection_error(

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from langchain_qwen_fast._errors import server_message
+from langchain_qwen_fast._errors import cause_chain, server_message
 
 FIX_TOOLS = "vllm serve ... --enable-auto-tool-choice --tool-call-parser hermes"
 FIX_AUTO_TOOLS = "vllm serve ... --enable-auto-tool-choice"
@@ -114,12 +114,7 @@ def reason(e: BaseException) -> str:
 
 def is_tls_failure(e: BaseException) -> bool:
     """httpx wraps the ``ssl.SSLError`` of a failed handshake twice (httpcore, then httpx)."""
-    seen: BaseException | None = e
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return "[SSL" in str(e)
+    return any(isinstance(x, ssl.SSLError) for x in cause_chain(e)) or "[SSL" in str(e)
 
 
 # -- a port that does not speak HTTP --------------------------------------------------------------
