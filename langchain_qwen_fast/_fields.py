@@ -13,6 +13,8 @@ from collections.abc import Collection, Iterable
 from typing import Any
 from urllib.parse import urlsplit
 
+from langchain_qwen_fast._replicas import check_distinct
+
 #: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
 UNSUPPORTED = {
     "organization": "OpenAI organisations do not exist on a self-hosted server",
@@ -76,8 +78,7 @@ def split_base_url(v: Any) -> Any:
 def check_base_urls(urls: list[str]) -> None:
     if not urls:
         raise ValueError("base_url list is empty")
-    if len({u.rstrip("/") for u in urls}) != len(urls):
-        raise ValueError("base_url lists the same server twice; list each replica once")
+    check_distinct(urls)
     for u in urls:
         parts = urlsplit(u)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -147,6 +147,12 @@ class AllReplicasDownError(APIConnectionError):
 Prober = Callable[[Replica], Awaitable[str | None]]
 
 
+def check_distinct(urls: Sequence[str]) -> None:
+    """Each server once: two entries for one server (trailing slashes aside) would double its admission."""
+    if len({u.rstrip("/") for u in urls}) != len(urls):
+        raise ValueError("base_url lists the same server twice; list each replica once")
+
+
 class ReplicaSet:
     def __init__(
         self, urls: Sequence[str], limit: int, total: int | None = None, headroom: int = 0,
@@ -174,8 +180,7 @@ class ReplicaSet:
         self.down_since: float | None = None  # when the last healthy replica was ejected
         self._waiters: list[asyncio.Future[None]] = []  # retries waiting for any replica to return
         self.closed = False
-        if len({r.base for r in self.replicas}) != len(self.replicas):
-            raise ValueError("base_url lists the same server twice; list each replica once")
+        check_distinct(urls)
 
     # -- capacity and choice -------------------------------------------------------------
     def capacity(self) -> int:
