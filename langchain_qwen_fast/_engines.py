@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import ssl
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -277,8 +276,3 @@ def make_engine(kind: str, limits: Limits, async_client: Any = None, sync_client
     if sync_client is not None:
         return SyncHttpxEngine(sync_client)
     return HttpxEngine(None, limits)
-
-
-async def close_quietly(engine: Engine) -> None:
-    with contextlib.suppress(Exception):
-        await engine.aclose()

@@ -75,8 +75,6 @@ class HttpxEngine:
     def __init__(self, client: httpx.AsyncClient | None = None, limits: Limits | None = None) -> None:
         self.owned = client is None
         if client is None:
-            import httpx
-
             lim = limits or Limits()
             client = httpx.AsyncClient(
                 limits=httpx.Limits(

@@ -11,7 +11,6 @@ proxy, never something to hand on as an event or to skip.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Iterator
 from typing import Any, Final, Literal
 
 import orjson
@@ -54,13 +53,3 @@ def sse_event(line: bytes, url: str) -> dict[str, Any] | Literal[_Done.DONE] | N
         code = err.get("code") if isinstance(err, dict) else None
         raise from_status(code if isinstance(code, int) and code >= 400 else 500, data, url)
     return obj
-
-
-def parse_sse(lines: Iterable[bytes], url: str = "") -> Iterator[dict[str, Any]]:
-    """SSE lines -> event objects, up to ``[DONE]``. Whether ``[DONE]`` came is the caller's to check."""
-    for line in lines:
-        event = sse_event(line, url)
-        if event is DONE:
-            return
-        if event is not None:
-            yield event

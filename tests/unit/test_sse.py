@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,20 @@ from typing import Any
 import pytest
 
 from langchain_qwen_fast import _errors
-from langchain_qwen_fast._sse import DONE, parse_sse, sse_event
+from langchain_qwen_fast._sse import DONE, sse_event
 
 _GOLDEN = json.loads((Path(__file__).parent / "golden" / "sse.json").read_text())
 URL = "http://127.0.0.1:8000/v1/chat/completions"
+
+
+def parse_sse(lines: Iterable[bytes], url: str = "") -> Iterator[dict[str, Any]]:
+    """SSE lines -> event objects up to ``[DONE]``, one ``sse_event`` per line, as the transport reads a stream."""
+    for line in lines:
+        event = sse_event(line, url)
+        if event is DONE:
+            return
+        if event is not None:
+            yield event
 
 
 @pytest.mark.parametrize("case", _GOLDEN["cases"], ids=itemgetter("name"))
