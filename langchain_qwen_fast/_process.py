@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import http.client
 import os
 import signal
 import subprocess
@@ -39,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -336,3 +338,17 @@ def _kill_leftovers() -> None:
 
 
 atexit.register(_kill_leftovers)
+
+
+#: Loopback readiness probes never go through a proxy from the environment.
+LOOPBACK_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    """Whether GET ``url`` answers 200 (a child's ``/health``): refused, timed out, not HTTP or any other
+    status is False, for a ``ready`` check to try again."""
+    try:
+        with LOOPBACK_OPENER.open(url, timeout=timeout) as r:
+            return bool(r.status == 200)
+    except (OSError, ValueError, http.client.HTTPException):
+        return False

@@ -40,7 +40,6 @@ Decisions:
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import math
 import os
@@ -52,13 +51,12 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from langchain_qwen_fast._process import ChildProcess, ChildStartError, stop_all
+from langchain_qwen_fast._process import ChildProcess, ChildStartError, http_ok, stop_all
 
 # Flags that trim the API server's per-request CPU work (a 0.6B engine is CPU-bound): no uvicorn access log
 # line per HTTP request. --disable-log-stats was measured too (one H200, 3 rounds, docs/scaling.md): with the
@@ -69,9 +67,6 @@ DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-uvicorn-access-log",)
 DEFAULT_KV_CACHE_BYTES = 10 * 2**30  # 10737418240, per server
 GPU_SHARE = 0.9  # the part of the card the N servers' start-up checks may ask for together
 _OWNED = ("host", "port", "model")  # set by the launcher, refused after --
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: never via a proxy
-
-
 class LaunchError(ValueError):
     """Bad arguments or a port already taken: reported before any server starts (exit 2)."""
 
@@ -196,14 +191,6 @@ def check_ports_free(host: str, ports: Sequence[int]) -> None:
                                   "another --port") from e
 
 
-def _healthy(root_url: str) -> bool:
-    try:
-        with _OPENER.open(root_url + "/health", timeout=1.0) as r:
-            return bool(r.status == 200)
-    except (OSError, ValueError, http.client.HTTPException):
-        return False
-
-
 def _say(msg: str) -> None:
     print(f"qwen-fast engines: {msg}", file=sys.stderr, flush=True)
 
@@ -219,7 +206,7 @@ class _Server:
         self.log_path = log_dir / f"server-{port}.log"
         env = {**os.environ}
         env.setdefault("PYTHONUNBUFFERED", "1")  # vLLM logs to stdout: unbuffered, the tail is current
-        self.child = ChildProcess(self.argv, ready=lambda: _healthy(self.root_url), env=env,
+        self.child = ChildProcess(self.argv, ready=lambda: http_ok(self.root_url + "/health"), env=env,
                                   log_path=self.log_path, name=f"server on port {port}", die_with_parent=True)
 
     def line(self) -> str:

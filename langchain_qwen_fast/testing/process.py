@@ -16,7 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .._process import ChildProcess
+from .._process import LOOPBACK_OPENER, ChildProcess, http_ok
 from .engine import SimConfig
 
 _PKG = Path(__file__).resolve().parents[1]  # .../langchain_qwen_fast
@@ -29,9 +29,6 @@ _BOOTSTRAP = (
     "from langchain_qwen_fast.testing.server import main; main(sys.argv[2:])"
 )
 # Loopback only: never route /health or /sim/* through an HTTP(S)_PROXY from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
 class SimServer:
     """``with SimServer(SimConfig(latency="zero")) as srv: ... srv.base_url ...``
 
@@ -114,11 +111,7 @@ class SimServer:
                     self.port, self._bound = int(line.rsplit(":", 1)[1]), True
         if not self._bound:
             return False
-        try:
-            with _OPENER.open(self.url + "/health", timeout=1.0) as r:
-                return bool(r.status == 200)
-        except OSError:
-            return False
+        return http_ok(self.url + "/health")
 
     def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; safe to call twice or after ``kill()``."""
@@ -147,7 +140,7 @@ class SimServer:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method,
                                      headers={"Content-Type": "application/json"})
-        with _OPENER.open(req, timeout=10.0) as r:
+        with LOOPBACK_OPENER.open(req, timeout=10.0) as r:
             return json.loads(r.read() or b"null")
 
     def stats(self) -> dict[str, Any]:

@@ -24,8 +24,6 @@ import socket
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import FrameType, ModuleType, TracebackType
 
@@ -223,11 +221,7 @@ class VllmCpuServer:
         return self
 
     def healthy(self, timeout: float = 2.0) -> bool:
-        try:
-            with urllib.request.urlopen(self.root_url + "/health", timeout=timeout) as r:
-                return bool(r.status == 200)
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
+        return bool(_process.http_ok(self.root_url + "/health", timeout))
 
     def stop(self) -> None:
         """SIGTERM the process group, SIGKILL it after ``stop_timeout`` s; idempotent."""
