@@ -241,8 +241,8 @@ class Launcher:
             return self._run()
         finally:
             children = [s.child for s in self.servers]
-            if any(c.alive() for c in children):
-                _say(f"stopping {sum(c.alive() for c in children)} server(s)")
+            if live := sum(c.alive() for c in children):  # each alive() may scan /proc: once per child
+                _say(f"stopping {live} server(s)")
             stop_all(children, self.cfg.stop_timeout)
             if self._wrote_ready and self.cfg.ready_file is not None:
                 self.cfg.ready_file.unlink(missing_ok=True)  # the file means "these are up now"
