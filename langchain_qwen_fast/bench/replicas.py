@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import statistics
 import time
@@ -34,8 +35,7 @@ def raw_scenario(urls: list[str], w: S.Workload, per_server: int = 16, batch: in
 
 
 def qwen_scenario(urls: list[str], w: S.Workload, how: str, **fields: Any) -> dict[str, Any]:
-    wk = S.Workload(base_url=urls if len(urls) > 1 else urls[0], model=w.model, max_tokens=w.max_tokens,  # type: ignore[arg-type]
-                    n=w.n, temperature=w.temperature, api_key=w.api_key)
+    wk = dataclasses.replace(w, base_url=urls if len(urls) > 1 else urls[0])  # type: ignore[arg-type]
     model = S.qwen_model(wk, **fields)
     tag = {"max_total_concurrency": "_shared512", "routing": "_affinity"}
     suffix = "".join(tag.get(k, f"_{k}{v}") for k, v in sorted(fields.items()))
@@ -71,11 +71,8 @@ def plan(counts: list[int], urls: list[str], variants: set[int] | None = None,
 
 
 def _openai(urls: list[str], w: S.Workload) -> dict[str, Any]:
-    wk = S.Workload(base_url=urls[0], model=w.model, max_tokens=w.max_tokens, n=w.n, temperature=w.temperature,
-                    api_key=w.api_key)
-    out = S._lc_run("openai_batch_default_x1", wk, S.openai_model(wk), "batch", client="ChatOpenAI")
-    out["engines"] = 1
-    return out
+    wk = dataclasses.replace(w, base_url=urls[0])
+    return S._lc_run("openai_batch_default_x1", wk, S.openai_model(wk), "batch", client="ChatOpenAI", engines=1)
 
 
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             urls = [stack.enter_context(SimServer(SimConfig(latency="h100", seed=i))).base_url
                     for i in range(max(counts))]
         w = S.Workload(base_url=urls[0], model=a.model, max_tokens=a.max_tokens, n=a.n)
-        warm = S.Workload(base_url=urls[0], model=a.model, max_tokens=a.max_tokens, n=256)
+        warm = dataclasses.replace(w, n=256)
         raw_scenario(urls, warm)
         qwen_scenario(urls, warm, "batch")
         variants = {int(x) for x in a.variants.split(",")} if a.variants else None
