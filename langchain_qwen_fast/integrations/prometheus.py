@@ -55,16 +55,15 @@ def _summary(name: str, doc: str, labels: tuple[str, ...], rows: list[tuple[tupl
     return fam
 
 
-def _batch_histogram(name: str, hist: Mapping[Any, int]) -> HistogramMetricFamily:
+def _batch_histogram(name: str, hist: Mapping[Any, int], labels: Mapping[str, str]) -> HistogramMetricFamily:
     sizes = {int(k): int(v) for k, v in hist.items()}
-    buckets, running = [], 0
-    for le in BATCH_BUCKETS:
-        running = sum(c for size, c in sizes.items() if size <= le)
-        buckets.append((repr(float(le)), float(running)))
+    buckets = [(repr(float(le)), float(sum(c for size, c in sizes.items() if size <= le))) for le in BATCH_BUCKETS]
     buckets.append(("+Inf", float(sum(sizes.values()))))
     total = float(sum(size * c for size, c in sizes.items()))
-    return HistogramMetricFamily(name, "Prompts per HTTP request (completions lists coalesce many).",
-                                 buckets=buckets, sum_value=total)
+    fam = HistogramMetricFamily(name, "Prompts per HTTP request (completions lists coalesce many).",
+                                labels=list(labels))
+    fam.add_metric(list(labels.values()), buckets, total)
+    return fam
 
 
 class QwenStatsCollector:
@@ -100,10 +99,7 @@ class QwenStatsCollector:
         yield gauge("in_flight", "Sequences admitted and not finished.", s.get("in_flight"))
         yield gauge("max_in_flight", "Most sequences in flight at once so far.", s.get("max_in_flight"))
         yield gauge("queued", "Calls waiting for admission in the client.", s.get("queued"))
-        hist = _batch_histogram(f"{p}_batch_size", s.get("batch_size_histogram") or {})
-        if names:
-            hist.samples = [x._replace(labels={**extra, **x.labels}) for x in hist.samples]
-        yield hist
+        yield _batch_histogram(f"{p}_batch_size", s.get("batch_size_histogram") or {}, extra)
         yield _summary(f"{p}_queue_wait_seconds", "Time from call to dispatch (recent window).", names,
                        [(values, s.get("queue_wait_s"))])
         yield _summary(f"{p}_latency_seconds", "Time from call to answer (recent window).", names,
