@@ -119,8 +119,7 @@ async def _serve(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     registry.register(QwenStatsCollector(model))
     registry.register(WorkerCollector(worker))
-    key = model.api_key.get_secret_value() if model.api_key is not None else ""
-    health = _Health(worker, urls, {"Authorization": f"Bearer {key}"} if key else {})
+    health = _Health(worker, model.base_urls, model._headers())  # the model's own servers and request headers
 
     async def get_health(_: web.Request) -> web.Response:
         ready, detail = await health.check()
