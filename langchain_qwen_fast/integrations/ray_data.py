@@ -66,8 +66,20 @@ class _Plan:
     output_prefix: str = "qwen_"
     fail_fast: bool = False
 
+    @classmethod
+    def of(cls, factory: Factory | None, llm_kwargs: Mapping[str, Any] | None, input_column: str | Sequence[str],
+           output_prefix: str, fail_fast: bool) -> _Plan:
+        """The checked plan of a predictor or a pipeline (the factory and its kwargs checked too)."""
+        _check_factory(factory, llm_kwargs)
+        columns = input_column if isinstance(input_column, str) else tuple(input_column)
+        return cls(columns, output_prefix, fail_fast)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.input_column,) if isinstance(self.input_column, str) else self.input_column
+
     def __post_init__(self) -> None:
-        names = (self.input_column,) if isinstance(self.input_column, str) else self.input_column
+        names = self.names
         if not names or not all(isinstance(n, str) and n for n in names):
             raise ValueError(f"input_column must be a column name or a non-empty list of names, "
                              f"got {self.input_column!r}")
@@ -149,9 +161,7 @@ class _Predictor:
         output_prefix: str = "qwen_",
         fail_fast: bool = False,
     ) -> None:
-        _check_factory(factory, llm_kwargs)
-        columns = input_column if isinstance(input_column, str) else tuple(input_column)
-        self._plan = _Plan(columns, output_prefix, fail_fast)
+        self._plan = _Plan.of(factory, llm_kwargs, input_column, output_prefix, fail_fast)
         self._owned: BatchedChatQwen | None = None
         if factory is None:
             self._owned = BatchedChatQwen(**dict(llm_kwargs or {}))
@@ -165,7 +175,7 @@ class _Predictor:
     def _inputs(self, table: pa.Table) -> tuple[list[Any], list[int], dict[int, Exception]]:
         """The inputs to send, the row each came from, and the rows that were refused before sending."""
         plan = self._plan
-        names = (plan.input_column,) if isinstance(plan.input_column, str) else plan.input_column
+        names = plan.names
         missing = [n for n in names if n not in table.column_names]
         if missing:
             raise KeyError(f"input column {missing[0]!r} is not in the dataset (columns: {table.column_names})")
@@ -278,9 +288,7 @@ def qwen_map_batches(
     (``memory=``, ``runtime_env=``...). The factory, the columns and the kwargs are checked here, in the
     driver, before any actor starts.
     """
-    _check_factory(factory, llm_kwargs)
-    columns = input_column if isinstance(input_column, str) else tuple(input_column)
-    _Plan(columns, output_prefix, fail_fast)
+    plan = _Plan.of(factory, llm_kwargs, input_column, output_prefix, fail_fast)
     if isinstance(actors, bool) or not isinstance(actors, (int, tuple)):
         raise TypeError(f"actors must be an int or a (min_size, max_size) tuple, got {actors!r}")
     if isinstance(max_concurrent_batches, bool) or not isinstance(max_concurrent_batches, int) \
@@ -312,7 +320,7 @@ def qwen_map_batches(
             raise TypeError(f"qwen_map_batches sets {reserved} itself")
     return ds.map_batches(
         QwenSyncBatchPredictor if sync else QwenBatchPredictor,
-        fn_constructor_kwargs={"factory": factory, "llm_kwargs": llm_kwargs, "input_column": columns,
+        fn_constructor_kwargs={"factory": factory, "llm_kwargs": llm_kwargs, "input_column": plan.input_column,
                                "output_prefix": output_prefix, "fail_fast": fail_fast},
         compute=compute,
         num_cpus=num_cpus,
