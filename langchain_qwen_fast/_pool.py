@@ -80,20 +80,20 @@ class ModelPool:
             self._lease = _Lease(rt, key, disp)  # type: ignore[arg-type]
             return rt, disp  # type: ignore[return-value]
 
-    def close(self) -> None:
+    def _end(self) -> _Lease | None:
+        """Close this hold: the lease to release, or None when there is nothing (left) to release."""
         with self._lock:
             self._closed = True
             lease, self._lease = self._lease, None
-        if lease is not None and not lease.closed:
-            lease.closed = True
+        if lease is None or lease.closed:
+            return None
+        lease.closed = True
+        return lease
+
+    def close(self) -> None:
+        if (lease := self._end()) is not None:
             lease.rt.release_sync(lease.key)
 
     async def aclose(self) -> None:
-        with self._lock:
-            self._closed = True
-            lease, self._lease = self._lease, None
-        if lease is not None and not lease.closed:
-            lease.closed = True
-            pending = lease.rt.release(lease.key)
-            if pending is not None:
-                await pending
+        if (lease := self._end()) is not None and (pending := lease.rt.release(lease.key)) is not None:
+            await pending

@@ -212,8 +212,9 @@ class Scheduler:
 
     def drain(self) -> list[Item]:
         """Every queued item, for close()."""
-        items = [it for f in self.flows() for it in f.queue]
+        items: list[Item] = []
         for f in self.flows():
+            items.extend(f.queue)
             f.queue.clear()
             f.in_ring = False
         self._rings.clear()
