@@ -147,6 +147,12 @@ class AllReplicasDownError(APIConnectionError):
 Prober = Callable[[Replica], Awaitable[str | None]]
 
 
+def server_root(base_url: str) -> str:
+    """Where ``/health`` (and vLLM's ``/version``, ``/tokenize``) live: the base_url without its ``/v1``."""
+    base = base_url.rstrip("/")
+    return base[: -len("/v1")] if base.endswith("/v1") else base
+
+
 def check_distinct(urls: Sequence[str]) -> None:
     """Each server once: two entries for one server (trailing slashes aside) would double its admission."""
     if len({u.rstrip("/") for u in urls}) != len(urls):

@@ -35,7 +35,7 @@ from langchain_qwen_fast._errors import (
     is_retryable,
     server_message,
 )
-from langchain_qwen_fast._replicas import Lease, Replica, ReplicaSet
+from langchain_qwen_fast._replicas import Lease, Replica, ReplicaSet, server_root
 from langchain_qwen_fast._sse import DONE, sse_event
 
 log = logging.getLogger("langchain_qwen_fast")
@@ -104,7 +104,7 @@ class Transport:
         """None when ``r`` answers HTTP again: ``/health`` 200 (vLLM, SGLang), or where a router has
         no ``/health``, any non-5xx answer of ``/v1/models``; else why not."""
         timeout = self.replicas.health.probe_timeout_s
-        root = r.base[: -len("/v1")] if r.base.endswith("/v1") else r.base
+        root = server_root(r.base)
         try:
             raw = await asyncio.wait_for(self.engine.get(root + "/health", {}, timeout), timeout)
             if raw.status == 200:

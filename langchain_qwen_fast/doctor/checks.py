@@ -20,6 +20,7 @@ import httpx
 
 from langchain_qwen_fast._errors import redact_url
 from langchain_qwen_fast._qwen import EMPTY_THINK, render_chatml
+from langchain_qwen_fast._replicas import server_root
 
 from . import features
 from . import probes as p
@@ -77,7 +78,7 @@ def reachable(s: Session) -> bool:
 def _tls_failed(s: Session, host: str, e: httpx.HTTPError, t0: float) -> bool:
     """An https URL whose TLS handshake failed: a plain-http server is the usual reason."""
     plain = "http://" + s.base.split("://", 1)[1]
-    root = plain[: -len("/v1")] if plain.endswith("/v1") else plain
+    root = server_root(plain)
     try:
         answered = s.http.get(root + "/health").status_code < 500
     except httpx.HTTPError:

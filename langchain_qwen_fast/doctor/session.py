@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from langchain_qwen_fast._errors import redact_url
+from langchain_qwen_fast._replicas import server_root
 
 from . import probes as p
 from .report import Check, Report
@@ -39,7 +40,7 @@ class Session:
     @property
     def root(self) -> str:
         """Where /health, /version, /tokenize and /server_info live: the base_url without /v1."""
-        return self.base[: -len("/v1")] if self.base.endswith("/v1") else self.base
+        return server_root(self.base)
 
     @property
     def shown(self) -> str:
