@@ -16,6 +16,12 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
+def client_name(consumer: str) -> str:
+    """The name a worker gives its Redis connections (``CLIENT LIST`` shows which worker holds which): Redis
+    refuses names with spaces or characters outside printable ASCII, so those become ``_``."""
+    return "qwen-worker:" + "".join(c if "!" <= c <= "~" else "_" for c in consumer)
+
+
 @dataclass(frozen=True)
 class WorkerConfig:
     """How one worker reads, reclaims and answers; ``max_in_flight=None`` takes the model's admission capacity."""

@@ -95,6 +95,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry, generate_latest
     from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+    from langchain_qwen_fast.integrations._config import client_name
     from langchain_qwen_fast.integrations.prometheus import QwenStatsCollector, WorkerCollector
     from langchain_qwen_fast.integrations.redis_streams import StreamWorker, WorkerConfig, connect
 
@@ -114,7 +115,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_deliveries=args.max_deliveries, max_job_bytes=args.max_job_bytes, result_ttl_s=args.result_ttl,
         trim_interval_s=args.trim_interval, drain_s=args.drain, **extra,
     )
-    client = connect(args.redis)
+    client = connect(args.redis, client_name=client_name(config.consumer))
     worker = StreamWorker(client, model, config)
     registry = CollectorRegistry()
     registry.register(QwenStatsCollector(model))

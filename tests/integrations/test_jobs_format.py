@@ -155,3 +155,10 @@ def test_a_workers_capacity_is_what_the_model_admits_total_limit_included() -> N
             return {}
 
     assert admission_capacity(Plain()) == 7
+
+
+def test_a_workers_redis_connections_are_named_after_its_consumer_in_characters_redis_accepts() -> None:
+    from langchain_qwen_fast.integrations._config import client_name
+
+    assert client_name("host-12-ab") == "qwen-worker:host-12-ab"
+    assert client_name("gpu box 1\nü") == "qwen-worker:gpu_box_1__"  # CLIENT SETNAME refuses spaces and non-ASCII

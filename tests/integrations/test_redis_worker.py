@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from queue_tier import RedisServer, WorkerProcess, wait_until
 
+from langchain_qwen_fast.integrations._config import client_name
 from langchain_qwen_fast.integrations.redis_streams import JobQueue, JobResult, connect
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
@@ -77,17 +78,33 @@ async def test_three_workers_share_20000_jobs_and_the_jobs_of_a_killed_worker_ar
             ids = await q.submit_many(prompts)
             await wait_until(lambda: q.arrived() >= 0.3 * n, 120, "30% of the results")
             victim = workers[0]
+            name = client_name(victim.consumer)
+
+            async def victim_connected() -> bool:
+                return any(c.get("name") == name for c in await q.client.client_list())
+
+            assert await victim_connected(), "the worker's Redis connections do not carry its name"
             # Freeze it, and kill it only while it holds jobs: between acknowledging its last list and its next
             # read a worker can hold none for a moment (a kill there proved nothing in 1 of many CI runs).
             give_up = time.monotonic() + 30
             while True:
                 victim.child.send_signal(signal.SIGSTOP)  # it can neither acknowledge nor read now
+                await asyncio.sleep(0.2)  # what it sent before it froze has reached Redis
                 held = await q.client.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=victim.consumer)
                 if held or time.monotonic() > give_up:
                     break
                 victim.child.send_signal(signal.SIGCONT)
                 await asyncio.sleep(0.005)
             victim.child.kill()  # SIGKILL: no drain, its jobs stay pending under its name
+            # Redis reads a long pipeline of results in pieces, so answers the victim sent before it froze can
+            # still land after the look above (1 of many CI runs: a job seen held had the victim's answer). Once
+            # its connections are gone nothing more of it can land: what it holds then, it never answered.
+
+            async def victim_gone() -> bool:
+                return not await victim_connected()
+
+            await wait_until(victim_gone, 10, "Redis to drop the killed worker's connections")
+            held = await q.client.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=victim.consumer)
             assert held, "the killed worker held no jobs: the test proved nothing"
             async with q.client.pipeline(transaction=False) as p:
                 for row in held:
