@@ -47,9 +47,13 @@ def test_an_interactive_call_does_not_wait_behind_a_bulk_batch(scratch_sim: Sim,
     th = threading.Thread(target=lambda: outs.extend(bulk.batch(prompts, return_exceptions=True)))
     t_bulk = time.perf_counter()
     th.start()
-    time.sleep(0.5)
+    # The bulk fills the queue chunk by chunk (32, 64, ... inputs prepared at a time): wait until it has, instead
+    # of a fixed 0.5 s that a slow machine did not fill (one fresh-clone run saw 0 queued after it).
+    queued_at_start, give_up = 0, time.monotonic() + 30
+    while th.is_alive() and queued_at_start < 500 and time.monotonic() < give_up:
+        time.sleep(0.01)
+        queued_at_start = bulk.stats()["queued"]
     busy: list[float] = []
-    queued_at_start = bulk.stats()["queued"]
     while th.is_alive():
         (i,), (p,) = led.prompts(1)
         t = time.perf_counter()
