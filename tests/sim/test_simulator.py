@@ -657,6 +657,8 @@ def test_h100_latency_model_timing_and_counters() -> None:
     cfg = SimConfig(latency="h100", speed=0.5)  # slowed down: timer noise stays small relative
     body = chat_body("What is quantum entanglement?", max_tokens=32, ignore_eos=True)
     p = count_tokens(chatml([("user", "What is quantum entanglement?")], False))
+    with SimServer(SimConfig(latency="zero")) as zero:  # what 200 requests cost the two processes on this machine
+        overhead = asyncio.run(_burst(zero.url, 200, body))
     with SimServer(cfg) as srv:
         single = asyncio.run(_burst(srv.url, 1, body))
         srv.reset()
@@ -664,7 +666,9 @@ def test_h100_latency_model_timing_and_counters() -> None:
         stats = srv.stats()
     (expect_1, _), (expect_200, batch) = (modelled_wall(cfg, n, p, 32) for n in (1, 200))
     assert 0.9 * expect_1 <= single <= 1.3 * expect_1 + 0.03, (single, expect_1)
-    assert 0.9 * expect_200 <= wall <= 1.3 * expect_200 + 0.1, (wall, expect_200)
+    # The upper bound adds what the same burst costs without the latency model, measured here: a fixed 0.1 s
+    # was too little on a busy 2-core machine (1.59 s against a bound of 1.57 s in a loop of the whole suite).
+    assert 0.9 * expect_200 <= wall <= 1.2 * expect_200 + overhead + 0.1, (wall, expect_200, overhead)
     assert stats["max_inflight"] == 200 and stats["max_inflight_prompts"] == 200
     # the serial front-end admits one request per ~4 ms here, so the batch never holds all 200
     assert 0.8 * batch <= stats["max_running_seqs"] <= 1.2 * batch < 200
