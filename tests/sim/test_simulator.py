@@ -666,9 +666,11 @@ def test_h100_latency_model_timing_and_counters() -> None:
         stats = srv.stats()
     (expect_1, _), (expect_200, batch) = (modelled_wall(cfg, n, p, 32) for n in (1, 200))
     assert 0.9 * expect_1 <= single <= 1.3 * expect_1 + 0.03, (single, expect_1)
-    # The upper bound adds what the same burst costs without the latency model, measured here: a fixed 0.1 s
-    # was too little on a busy 2-core machine (1.59 s against a bound of 1.57 s in a loop of the whole suite).
-    assert 0.9 * expect_200 <= wall <= 1.2 * expect_200 + overhead + 0.1, (wall, expect_200, overhead)
+    # The lower bound shows the model is applied. Above it, the simulator's own CPU per request (each request
+    # is parsed for real, then charged its modelled front-end cost) adds to the model when the machine is busy:
+    # 1.59 s and 1.66 s against a model of 1.13 s in two runs on a slow 2-core machine (the same burst cost
+    # 0.19 s without the model). So the upper bound is the stream test's 1.5x plus that burst, measured here.
+    assert 0.9 * expect_200 <= wall <= 1.5 * expect_200 + overhead, (wall, expect_200, overhead)
     assert stats["max_inflight"] == 200 and stats["max_inflight_prompts"] == 200
     # the serial front-end admits one request per ~4 ms here, so the batch never holds all 200
     assert 0.8 * batch <= stats["max_running_seqs"] <= 1.2 * batch < 200
