@@ -83,6 +83,9 @@ async def test_three_workers_share_20000_jobs_and_the_jobs_of_a_killed_worker_ar
             async def victim_connected() -> bool:
                 return any(c.get("name") == name for c in await q.client.client_list())
 
+            async def held_by_victim() -> list[dict[str, Any]]:
+                return await q.client.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=victim.consumer)
+
             assert await victim_connected(), "the worker's Redis connections do not carry its name"
             # Freeze it, and kill it only while it holds jobs: between acknowledging its last list and its next
             # read a worker can hold none for a moment (a kill there proved nothing in 1 of many CI runs).
@@ -90,7 +93,7 @@ async def test_three_workers_share_20000_jobs_and_the_jobs_of_a_killed_worker_ar
             while True:
                 victim.child.send_signal(signal.SIGSTOP)  # it can neither acknowledge nor read now
                 await asyncio.sleep(0.2)  # what it sent before it froze has reached Redis
-                held = await q.client.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=victim.consumer)
+                held = await held_by_victim()
                 if held or time.monotonic() > give_up:
                     break
                 victim.child.send_signal(signal.SIGCONT)
@@ -104,7 +107,7 @@ async def test_three_workers_share_20000_jobs_and_the_jobs_of_a_killed_worker_ar
                 return not await victim_connected()
 
             await wait_until(victim_gone, 10, "Redis to drop the killed worker's connections")
-            held = await q.client.xpending_range(STREAM, GROUP, "-", "+", 10_000, consumername=victim.consumer)
+            held = await held_by_victim()
             assert held, "the killed worker held no jobs: the test proved nothing"
             async with q.client.pipeline(transaction=False) as p:
                 for row in held:
