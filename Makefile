@@ -4,7 +4,7 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast test-lowest test-lowest-queue venv vllm-tier queue-tier bench bench-transport soak lint clean
+.PHONY: demo test layers test-fast test-lowest test-lowest-queue venv vllm-tier queue-tier bench bench-transport soak lint clean
 
 $(STAMP): pyproject.toml
 	@test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -56,9 +56,13 @@ vllm-tier:
 queue-tier:
 	bash tests/servers/redis.sh install
 
-## The whole suite: unit, simulator, reliability, real-vLLM and queue tiers; the unit tier and the queue tier at the
-## lowest declared versions.
-test: venv vllm-tier queue-tier test-lowest test-lowest-queue
+## The layer contracts (pyproject.toml, [tool.importlinter]): each layer imports only the layers below it.
+layers: venv
+	$(VENV)/bin/lint-imports
+
+## The whole suite: the layer contracts, then the unit, simulator, reliability, real-vLLM and queue tiers; the unit
+## tier and the queue tier at the lowest declared versions.
+test: venv layers vllm-tier queue-tier test-lowest test-lowest-queue
 	$(VPY) -m pytest tests -p no:cacheprovider -q -rfEsx --durations=15
 
 ## Everything but the real-vLLM tier (a quick loop while developing).

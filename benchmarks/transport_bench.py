@@ -101,7 +101,7 @@ async def run_raw_aiohttp(url: str, n: int, inflight: int) -> int:
 
 async def run_engine(url: str, n: int, inflight: int) -> int:
     from langchain_qwen_fast._engines import AiohttpEngine, Limits
-    from langchain_qwen_fast._transport import RetryPolicy, Transport
+    from langchain_qwen_fast._upstream.transport import RetryPolicy, Transport
 
     tr = Transport([url], AiohttpEngine(Limits(max_connections=inflight)), RetryPolicy(max_retries=0))
     headers = {"Content-Type": "application/json"}

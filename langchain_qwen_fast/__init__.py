@@ -1,6 +1,7 @@
 """langchain-qwen-fast: a drop-in ChatOpenAI replacement that keeps a Qwen3-0.6B server busy."""
 
 from langchain_qwen_fast._errors import (
+    AllReplicasDownError,
     APIConnectionError,
     AuthenticationError,
     BadRequestError,
@@ -13,9 +14,8 @@ from langchain_qwen_fast._errors import (
     RateLimitError,
     ServerError,
 )
+from langchain_qwen_fast._loop.run_batch import run_batch, run_batch_as_completed
 from langchain_qwen_fast._qwen import QWEN3_NON_THINKING, QWEN3_THINKING, SamplingPreset, render_chatml
-from langchain_qwen_fast._replicas import AllReplicasDownError
-from langchain_qwen_fast._run_batch import run_batch, run_batch_as_completed
 from langchain_qwen_fast.chat_models import BatchedChatQwen
 
 __all__ = [

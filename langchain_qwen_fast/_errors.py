@@ -38,6 +38,8 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
+from langchain_qwen_fast._urls import redact_url
+
 _CONTEXT_MARKERS = (
     "maximum context length",
     "context length",
@@ -101,6 +103,13 @@ class APIConnectionError(ModelConnectionError, _HTTPInfo):
     retryable: bool = True
 
 
+class AllReplicasDownError(APIConnectionError):
+    """Every replica is ejected; the message names each URL and the last error seen there."""
+
+    retryable = False
+    maybe_sent = False
+
+
 class DeadlineExceededError(ModelTimeoutError, _HTTPInfo):
     """The call's deadline (``timeout``) passed, retries and backoff included."""
 
@@ -134,19 +143,6 @@ def server_message(body: bytes) -> str:
         if data.get("detail"):
             return str(data["detail"])
     return _preview(body)
-
-
-def redact_url(url: str) -> str:
-    """``http://user:secret@host/v1`` -> ``http://***@host/v1``: messages and logs never carry
-    credentials that were put into a base_url."""
-    if "@" not in url:
-        return url
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
-        return url
-    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rsplit("@", 1)[1]))
 
 
 def from_status(status: int, body: bytes, url: str, retry_after: float | None = None) -> Exception:

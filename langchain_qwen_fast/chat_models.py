@@ -15,19 +15,15 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
-from langchain_qwen_fast import _bridge, _structured
-from langchain_qwen_fast._batch import (
+from langchain_qwen_fast._calls import structured as _structured
+from langchain_qwen_fast._calls.batch import (
     Lane,
     abatch_as_completed_fast,
     abatch_fast,
     batch_as_completed_fast,
     batch_fast,
 )
-from langchain_qwen_fast._batcher import DispatchConfig, Dispatcher
-from langchain_qwen_fast._convert import StreamAssembler
-from langchain_qwen_fast._engines import Limits
-from langchain_qwen_fast._errors import redact_url
-from langchain_qwen_fast._fields import (
+from langchain_qwen_fast._calls.fields import (
     DEFAULT_BASE_URL,
     check_base_urls,
     coerce_timeout,
@@ -35,13 +31,18 @@ from langchain_qwen_fast._fields import (
     split_base_url,
     warn_key_over_http,
 )
-from langchain_qwen_fast._pool import ModelPool, PoolSettings
-from langchain_qwen_fast._replicas import HealthPolicy, RoutingPolicy
-from langchain_qwen_fast._request import CallSpec, build_spec, make_item, request_headers, with_model_extra_body
-from langchain_qwen_fast._runtime import Runtime
-from langchain_qwen_fast._scheduler import Flow
-from langchain_qwen_fast._streams import amark_last, mark_last
-from langchain_qwen_fast._transport import RetryPolicy
+from langchain_qwen_fast._calls.request import CallSpec, build_spec, make_item, request_headers, with_model_extra_body
+from langchain_qwen_fast._calls.streams import amark_last, mark_last
+from langchain_qwen_fast._convert import StreamAssembler
+from langchain_qwen_fast._dispatch.dispatcher import DispatchConfig, Dispatcher
+from langchain_qwen_fast._dispatch.scheduler import Flow
+from langchain_qwen_fast._engines import Limits
+from langchain_qwen_fast._loop import bridge as _bridge
+from langchain_qwen_fast._loop.handle import DispatcherHandle, DispatcherSettings
+from langchain_qwen_fast._loop.runtime import Runtime
+from langchain_qwen_fast._upstream.replicas import HealthPolicy, RoutingPolicy
+from langchain_qwen_fast._upstream.transport import RetryPolicy
+from langchain_qwen_fast._urls import redact_url
 
 
 class BatchedChatQwen(BaseChatModel):
@@ -109,7 +110,7 @@ class BatchedChatQwen(BaseChatModel):
     max_connections: int = Field(default=2048, ge=1)
     http_engine: Literal["aiohttp", "httpx"] = "aiohttp"
 
-    _pool: ModelPool = PrivateAttr(default_factory=ModelPool)
+    _handle: DispatcherHandle = PrivateAttr(default_factory=DispatcherHandle)
 
     # -- validation -------------------------------------------------------------------------------
     @model_validator(mode="before")
@@ -218,8 +219,8 @@ class BatchedChatQwen(BaseChatModel):
         return ls
 
     # -- the shared pool ---------------------------------------------------------------------------
-    def _pool_settings(self) -> PoolSettings:
-        return PoolSettings(
+    def _dispatcher_settings(self) -> DispatcherSettings:
+        return DispatcherSettings(
             urls=tuple(self.base_urls),
             engine=self.http_engine,
             per_replica=self.max_concurrency,
@@ -237,7 +238,7 @@ class BatchedChatQwen(BaseChatModel):
         )
 
     def _dispatcher(self) -> tuple[Runtime, Dispatcher]:
-        return self._pool.get(self._pool_settings)
+        return self._handle.get(self._dispatcher_settings)
 
     def _headers(self) -> dict[str, str]:
         key = self.api_key.get_secret_value() if self.api_key is not None else None
@@ -410,10 +411,10 @@ class BatchedChatQwen(BaseChatModel):
     # -- lifecycle --------------------------------------------------------------------------------------
     def close(self) -> None:
         """End this instance's use of the shared pool; the pool closes with its last user."""
-        self._pool.close()
+        self._handle.close()
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self._handle.aclose()
 
     def __enter__(self) -> BatchedChatQwen:
         return self

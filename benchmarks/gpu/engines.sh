@@ -27,7 +27,7 @@ serve() {
   printf '#!/bin/bash\nexport PYTHONPATH=/tmp/site\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm
   chmod +x /tmp/vllm
   BOOT="import sys, types; p = types.ModuleType('langchain_qwen_fast'); p.__path__ = ['/tmp/qf/langchain_qwen_fast']; \
-sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.launch import main; sys.exit(main(sys.argv[1:]))"
+sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.cli.engines import main; sys.exit(main(sys.argv[1:]))"
   SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
   rm -f /tmp/ready_a.json /tmp/ready_b.json
   if [ -n "${ONLY_B:-}" ]; then echo '[]' > /tmp/ready_a.json; else
@@ -96,7 +96,7 @@ case "$PHASE" in
   extra)
     $CPY benchmarks/gpu/gpu_extra.py --a "$A" --b "$B" --out "$OUTD" --deadline $DEADLINE ;;
   stop)
-    pkill -TERM -f "langchain_qwen_fast.launch" ;;
+    pkill -TERM -f "langchain_qwen_fast.cli.engines" ;;
   *) echo "unknown phase $PHASE"; exit 2 ;;
 esac
 kill $SMI 2>/dev/null

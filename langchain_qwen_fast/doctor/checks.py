@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from langchain_qwen_fast._errors import redact_url
 from langchain_qwen_fast._qwen import EMPTY_THINK, render_chatml
-from langchain_qwen_fast._replicas import server_root
+from langchain_qwen_fast._urls import redact_url, server_root
 
 from . import features
 from . import probes as p

@@ -8,7 +8,7 @@ import json
 import os
 import sys
 
-from langchain_qwen_fast._errors import redact_url
+from langchain_qwen_fast._urls import redact_url
 
 from .replicas import diagnose, split_urls
 

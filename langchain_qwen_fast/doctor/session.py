@@ -9,8 +9,7 @@ from typing import Any
 
 import httpx
 
-from langchain_qwen_fast._errors import redact_url
-from langchain_qwen_fast._replicas import server_root
+from langchain_qwen_fast._urls import redact_url, server_root
 
 from . import probes as p
 from .report import Check, Report

@@ -31,7 +31,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("the collectors need the 'queue' extra: pip install 'langchain-qwen-fast[queue]'") from e
 
-from langchain_qwen_fast._errors import redact_url
+from langchain_qwen_fast._urls import redact_url
 
 __all__ = ["QwenStatsCollector", "WorkerCollector"]
 #: Upper bounds of the batch-size histogram: prompts per HTTP request (lists hold up to max_batch_size).

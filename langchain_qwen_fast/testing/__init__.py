@@ -5,7 +5,7 @@
 aiohttp: the server modules load only in the child process. See docs/simulator.md.
 """
 
-from .engine import SimConfig
 from .process import SimServer
+from .sim_engine import SimConfig
 
 __all__ = ["SimConfig", "SimServer"]

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import Any
 
 from .._process import LOOPBACK_OPENER, ChildProcess, http_ok
-from .engine import SimConfig
+from .sim_engine import SimConfig
 
 _PKG = Path(__file__).resolve().parents[1]  # .../langchain_qwen_fast
 # Equivalent to `python -m langchain_qwen_fast.testing.server ARGS`, minus the package's own

@@ -24,7 +24,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .engine import Engine, SimConfig, build_parser
 from .faults import (
     Fault,
     FaultSet,
@@ -48,6 +47,7 @@ from .responses import (
     render_chatml,
     structured,
 )
+from .sim_engine import SimConfig, SimEngine, build_parser
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _LEN_MSG = (
@@ -71,7 +71,7 @@ class SimApp:
     def __init__(self, cfg: SimConfig) -> None:
         self.cfg = cfg
         params = cfg.latency_params()
-        self.engine = Engine(params, cfg.scheduling_policy) if params is not None else None
+        self.engine = SimEngine(params, cfg.scheduling_policy) if params is not None else None
         self.faults = FaultSet(cfg.faults, cfg.seed)
         self.started = time.time()
         self.inflight = self.inflight_prompts = 0

@@ -7,9 +7,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from queue_tier import SIM_MODEL, RedisServer, WorkerProcess
 
 from langchain_qwen_fast._process import ChildProcess

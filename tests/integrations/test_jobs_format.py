@@ -1,4 +1,7 @@
-"""The job format, checked the same way by producer and worker (no Redis needed)."""
+"""The job format, checked the same way by producer and worker (no Redis needed).
+
+Covers: integrations/redis_streams/jobs.py, integrations/redis_streams/producer.py,
+integrations/redis_streams/config.py."""
 
 from __future__ import annotations
 
@@ -8,8 +11,8 @@ import orjson
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-from langchain_qwen_fast.integrations._jobs import BadJob, Keys, job_document, ok_result, parse_job, route
 from langchain_qwen_fast.integrations.redis_streams import JobQueue, WorkerConfig
+from langchain_qwen_fast.integrations.redis_streams.jobs import BadJob, Keys, job_document, ok_result, parse_job, route
 
 MAX = 1 << 20
 
@@ -101,7 +104,7 @@ def test_the_producer_refuses_a_bad_job_before_anything_is_sent() -> None:
 def test_langchain_messages_become_role_and_content() -> None:
     doc = orjson.loads(job_document("j", [{"role": "user", "content": "x"}], {}, None))
     assert doc["messages"] == [{"role": "user", "content": "x"}] and "params" not in doc
-    from langchain_qwen_fast.integrations._producer import _as_messages
+    from langchain_qwen_fast.integrations.redis_streams.producer import _as_messages
 
     assert _as_messages([SystemMessage("s"), HumanMessage("u")]) == [
         {"role": "system", "content": "s"}, {"role": "user", "content": "u"}]
@@ -140,7 +143,7 @@ def test_every_key_derives_from_the_stream_name() -> None:
 
 def test_a_workers_capacity_is_what_the_model_admits_total_limit_included() -> None:
     from langchain_qwen_fast import BatchedChatQwen
-    from langchain_qwen_fast.integrations._config import admission_capacity
+    from langchain_qwen_fast.integrations.redis_streams.config import admission_capacity
 
     urls = [f"http://127.0.0.{i}:9/v1" for i in (1, 2, 3, 4)]
     with BatchedChatQwen(base_url=urls, model="m", max_concurrency=512) as four:
@@ -158,7 +161,7 @@ def test_a_workers_capacity_is_what_the_model_admits_total_limit_included() -> N
 
 
 def test_a_workers_redis_connections_are_named_after_its_consumer_in_characters_redis_accepts() -> None:
-    from langchain_qwen_fast.integrations._config import client_name
+    from langchain_qwen_fast.integrations.redis_streams.config import client_name
 
     assert client_name("host-12-ab") == "qwen-worker:host-12-ab"
     assert client_name("gpu box 1\nü") == "qwen-worker:gpu_box_1__"  # CLIENT SETNAME refuses spaces and non-ASCII

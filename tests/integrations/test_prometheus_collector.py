@@ -1,4 +1,6 @@
-"""The Prometheus collectors read ``stats()`` on scrape and export it under stable names."""
+"""The Prometheus collectors read ``stats()`` on scrape and export it under stable names.
+
+Covers: integrations/prometheus.py, _stats.py."""
 
 from __future__ import annotations
 

@@ -4,6 +4,8 @@ A local Ray cluster started the way users start one (``ray.init(address="local",
 simulator replicas as separate processes, real actors. The predictor is also called directly (no
 cluster) for the per-row contract. Ray's own processes are found by PID (every descendant of this
 process that is not a simulator) and the module checks that none is left after ``ray.shutdown()``.
+
+Covers: integrations/ray_data.py.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 Each test checks the ledger the issue asks for: every job has exactly one result (one result key, one reply
 delivered to its producer, the right content for its prompt), nothing stays pending, and the failure in
 the middle (a SIGKILLed worker, a SIGKILLed Redis) really happened while jobs were held.
+
+Covers: cli/worker.py, integrations/redis_streams/.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any
 import pytest
 from queue_tier import RedisServer, WorkerProcess, wait_until
 
-from langchain_qwen_fast.integrations._config import client_name
 from langchain_qwen_fast.integrations.redis_streams import JobQueue, JobResult, connect
+from langchain_qwen_fast.integrations.redis_streams.config import client_name
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
 pytestmark = pytest.mark.redis

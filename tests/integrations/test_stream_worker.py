@@ -1,5 +1,7 @@
 """``StreamWorker`` in the test's own loop against a real redis-server and the simulator: bad input, duplicates,
-backpressure, reclaim and the heartbeat that keeps a live worker's slow job its own."""
+backpressure, reclaim and the heartbeat that keeps a live worker's slow job its own.
+
+Covers: integrations/redis_streams/stream_worker.py, integrations/redis_streams/finish.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ import pytest
 from queue_tier import SIM_MODEL, RedisServer, wait_until
 
 from langchain_qwen_fast import BatchedChatQwen
-from langchain_qwen_fast.integrations._jobs import job_document
 from langchain_qwen_fast.integrations.redis_streams import (
     JobQueue,
     StreamWorker,
@@ -21,6 +22,7 @@ from langchain_qwen_fast.integrations.redis_streams import (
     WorkerConfig,
     connect,
 )
+from langchain_qwen_fast.integrations.redis_streams.jobs import job_document
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
 pytestmark = pytest.mark.redis

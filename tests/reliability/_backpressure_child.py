@@ -15,9 +15,6 @@ import resource
 import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import SIM_MODEL, Ledger
 

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import harness
+import pytest
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast.testing import SimConfig, SimServer
@@ -145,7 +140,8 @@ def make_model() -> Iterator[Callable[..., BatchedChatQwen]]:
 @pytest.fixture
 def quick_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff of 25-50 ms, then 50-100 ms... (Retry-After unaffected): retries cost little."""
-    from langchain_qwen_fast import _transport, chat_models
+    from langchain_qwen_fast import chat_models
+    from langchain_qwen_fast._upstream import transport as _transport
 
     monkeypatch.setattr(
         chat_models,

@@ -11,6 +11,8 @@ Sizing (2 cores): the simulator runs the H100 latency model 10x faster (``--spee
 32 prompts of 8 tokens still waits on its front-end and decode steps), so at ``max_concurrency=64``
 the server serves ~2,000-2,500 prompts/s and the client, not the server, is the bottleneck; the
 100k items take ~45-50 s here.
+
+Covers: _calls/batch.py, _calls/prepare.py, _dispatch/feed.py, _dispatch/dispatcher.py.
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
 """Bad input gets a clear error: before anything is sent where the client can tell, otherwise from
-the server's answer, never retried when retrying cannot help."""
+the server's answer, never retried when retrying cannot help.
+
+Covers: _calls/request.py, _convert.py, _errors.py, _upstream/transport.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """Concurrency hazards: cancelled callers, repeated ``asyncio.run``, ``close()`` under load,
-interpreter exit with work pending, callback handlers that raise."""
+interpreter exit with work pending, callback handlers that raise.
+
+Covers: _loop/runtime.py, _loop/bridge.py, _loop/handle.py, _dispatch/dispatcher.py."""
 
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._errors import ClientClosedError
-from langchain_qwen_fast._runtime import get_runtime
+from langchain_qwen_fast._loop.runtime import get_runtime
 from langchain_qwen_fast.testing import SimServer
 
 WIRES = ["chat", "completions"]
@@ -204,7 +206,7 @@ _EXIT_SCRIPT = textwrap.dedent("""
         # Registered before the package is imported, so atexit runs it AFTER the runtime's own
         # shutdown hook: a caller that arrives after the shutdown must get ClientClosedError.
         from langchain_qwen_fast._errors import ClientClosedError
-        from langchain_qwen_fast._runtime import get_runtime
+        from langchain_qwen_fast._loop.runtime import get_runtime
         try:
             get_runtime()
             print("LATE get_runtime: returned a runtime", flush=True)
@@ -379,7 +381,7 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
     """
     from langchain_core.messages import HumanMessage
 
-    from langchain_qwen_fast._request import make_item
+    from langchain_qwen_fast._calls.request import make_item
 
     model = make_model(zero, wire_mode=wire, max_wait_ms=3.5)  # a dispatcher of its own
     rt, disp = model._dispatcher()
@@ -424,15 +426,15 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
 def test_threads_racing_into_the_first_call_take_one_pool_reference(
     zero: SimServer, make_model: MakeModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from langchain_qwen_fast import _pool
+    from langchain_qwen_fast._loop import handle as _handle
 
-    real = _pool.get_runtime
+    real = _handle.get_runtime
 
     def slow_get_runtime() -> Any:  # widens the window a cold start has (the loop thread starting)
         time.sleep(0.05)
         return real()
 
-    monkeypatch.setattr(_pool, "get_runtime", slow_get_runtime)
+    monkeypatch.setattr(_handle, "get_runtime", slow_get_runtime)
     model = make_model(zero, max_wait_ms=4.5)  # a pool of its own
     led = Ledger("16 threads making a model's first call together, then close()")
     barrier = threading.Barrier(16)
@@ -451,7 +453,7 @@ def test_threads_racing_into_the_first_call_take_one_pool_reference(
     for t in threads:
         t.join(20)
     led.check(min_answered=16, record=False)
-    rt, key = real(), model._pool._lease.key  # type: ignore[union-attr]
+    rt, key = real(), model._handle._hold.key  # type: ignore[union-attr]
     refs = rt._shared[key][1]
     model.close()
     assert refs == 1 and key not in rt._shared, f"{refs} references for one model; pool left open"

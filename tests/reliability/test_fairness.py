@@ -2,6 +2,8 @@
 
 Two instances with equal settings share one dispatcher; each batch, single call and stream is a
 flow of its own. Real simulator processes on loopback; every input goes through the Ledger.
+
+Covers: _dispatch/scheduler.py, _dispatch/dispatcher.py, _upstream/replicas.py.
 """
 
 from __future__ import annotations

@@ -3,17 +3,19 @@
 Server-wide faults (``set_faults``) with ``#COUNT`` model a burst that ends (so retries can win);
 ``[[fault:SPEC]]`` markers in the user text hit one input every time (on /v1/completions a marker
 in any prompt hits the whole list, as a real server rejecting one bad prompt rejects the list).
+
+Covers: _upstream/transport.py, _upstream/sse.py, _engines/, _dispatch/dispatcher.py.
 """
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from harness import Ledger, batch_through_a_kill, note, served_requests
+from support import free_port
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._errors import (
@@ -286,15 +288,9 @@ def test_server_killed_and_restarted_mid_batch(
 
 
 # -- nobody there ----------------------------------------------------------------------------------
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.parametrize("where", ["dns", "closed_port"])
 def test_unreachable_server_is_a_quick_connection_error_naming_the_url(make_model: MakeModel, where: str) -> None:
-    url = "http://nonexistent.invalid/v1" if where == "dns" else f"http://127.0.0.1:{_closed_port()}/v1"
+    url = "http://nonexistent.invalid/v1" if where == "dns" else f"http://127.0.0.1:{free_port()}/v1"
     model = make_model(url)  # default retries and backoff
     led = Ledger(
         f"{'DNS failure' if where == 'dns' else 'connection refused'} (default retries)",

@@ -1,4 +1,6 @@
-"""The invariant harness itself can fail: lost, duplicated, swapped, unclear outcomes are caught."""
+"""The invariant harness itself can fail: lost, duplicated, swapped, unclear outcomes are caught.
+
+Covers: tests/reliability/harness.py."""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 Real simulator processes on loopback, one per replica; every input goes through the Ledger
 (exactly one outcome each: nothing lost, nothing duplicated).
+
+Covers: _upstream/replicas.py, _upstream/affinity.py, _upstream/transport.py.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from harness import Ledger, batch_through_a_kill, note
 
 from langchain_qwen_fast import BatchedChatQwen
-from langchain_qwen_fast._replicas import AllReplicasDownError
+from langchain_qwen_fast._errors import AllReplicasDownError
 from langchain_qwen_fast.testing import SimServer
 
 MakeModel = Callable[..., BatchedChatQwen]

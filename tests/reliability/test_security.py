@@ -1,12 +1,13 @@
 """Secrets and transport security: the api key never shows anywhere, TLS is verified by default,
-a key over plain http to another host is warned about, and prompt text is never logged."""
+a key over plain http to another host is warned about, and prompt text is never logged.
+
+Covers: _urls.py, _errors.py, chat_models.py, _engines/aiohttp_engine.py."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
-import socket
 import ssl
 import subprocess
 import threading
@@ -21,6 +22,7 @@ import httpx
 import pytest
 from harness import SIM_MODEL, Ledger
 from langchain_core.load import dumpd, dumps
+from support import free_port
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._errors import APIConnectionError, ServerError
@@ -29,12 +31,6 @@ from langchain_qwen_fast.testing import SimServer
 KEY = "sk-reliability-SECRET-7f3a9c1e"
 PROMPT_MARK = "zebra quokka narwhal"  # stands for a user's private text
 MakeModel = Callable[..., BatchedChatQwen]
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _everything_about(exc: BaseException) -> str:
@@ -88,7 +84,7 @@ def _exercise(
                 errors.append(e)
 
         asyncio.run(ainvoke_fail())
-    refused = make_model(f"http://127.0.0.1:{_closed_port()}/v1", api_key=KEY, **fields)
+    refused = make_model(f"http://127.0.0.1:{free_port()}/v1", api_key=KEY, **fields)
     run(refused, 1)
     return errors, [*models, refused]
 
@@ -313,7 +309,7 @@ def test_credentials_in_base_url_are_redacted_from_errors_and_logs(
     password = "pw-SECRET-91c2"
     led = Ledger("credentials in base_url", errors=(APIConnectionError, ServerError))
     good = zero.base_url.replace("http://", f"http://user:{password}@")
-    refused = f"http://user:{password}@127.0.0.1:{_closed_port()}/v1"
+    refused = f"http://user:{password}@127.0.0.1:{free_port()}/v1"
     errors: list[BaseException] = []
     for url, extra in ((good, "[[fault:status=500]]"), (refused, "")):
         model = make_model(url, wire_mode="chat")

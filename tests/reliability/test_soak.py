@@ -8,6 +8,8 @@ modes, ``.abatch`` under ``asyncio.run`` in a thread, 16 threads calling ``.invo
 streaming, and async callers of whom a quarter are cancelled at random. Faults: a random 2-5 of
 the kinds below (each kind in turn, plus random others), each at its own rate, replaced every
 period (``set_faults``).
+
+Covers: _dispatch/dispatcher.py, _upstream/transport.py, _upstream/replicas.py.
 """
 
 from __future__ import annotations

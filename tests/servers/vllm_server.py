@@ -1,6 +1,6 @@
 """Start and stop the real vLLM CPU server of the test tier (stdlib only; runs from any venv).
 
-    from vllm_server import VllmCpuServer  # tests/servers on sys.path (tests/integration does it)
+    from vllm_server import VllmCpuServer  # tests/servers is on sys.path (pythonpath in pyproject.toml)
 
     with VllmCpuServer() as server:  # a free port, full flags (tool parser + reasoning parser)
         httpx.post(server.base_url + "/chat/completions", json={...})
@@ -20,12 +20,13 @@ import contextlib
 import importlib.util
 import os
 import signal
-import socket
 import sys
 import threading
 import time
 from pathlib import Path
 from types import FrameType, ModuleType, TracebackType
+
+from support import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,12 +84,6 @@ class VllmTierNotReady(RuntimeError):
 
 class VllmServerError(RuntimeError):
     """The server died or did not become healthy in time (the message ends with the log tail)."""
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_tier_ready() -> None:
@@ -318,7 +313,8 @@ def _unregister(server: VllmCpuServer) -> None:
         _LIVE.pop(id(server), None)
 
 
-# python tests/servers/vllm_server.py [PORT]: start, report, wait for Ctrl-C / SIGTERM
+# PYTHONPATH=tests python tests/servers/vllm_server.py [PORT]: start, report, wait for Ctrl-C / SIGTERM
+# (tests/support.py gives it free_port; pytest puts tests/ on sys.path itself)
 if __name__ == "__main__":
     srv = VllmCpuServer(int(sys.argv[1]) if len(sys.argv) > 1 else None)
     with srv:

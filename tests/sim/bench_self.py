@@ -21,8 +21,6 @@ from typing import Any
 
 import aiohttp
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
 TICK = os.sysconf("SC_CLK_TCK")

@@ -4,7 +4,7 @@
     .venv/bin/python tests/sim/fit_latency.py search [NAMES]  # coordinate descent from the preset
     .venv/bin/python tests/sim/fit_latency.py real     # a live `--latency h100` server + aiohttp
 
-`model` runs the real ``Engine`` class on an event loop whose clock jumps to the next timer, so a
+`model` runs the real ``SimEngine`` class on an event loop whose clock jumps to the next timer, so a
 10-second scenario takes milliseconds and the numbers are exactly the model's. `real` measures the
 same scenarios over HTTP with a raw aiohttp client, like the anchors' rbench.py, and so includes the
 simulator's own overheads. Targets come from ../shared/gpu/anchors (RESULTS.md, STEADY.md).
@@ -19,14 +19,11 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from langchain_qwen_fast.testing.engine import (
+from langchain_qwen_fast.testing.sim_engine import (
     H100,
-    Engine,
     LatencyParams,
+    SimEngine,
     VirtualClockLoop,
 )
 
@@ -69,10 +66,10 @@ async def _closed_loop(send: Send, n_req: int, inflight: int) -> float:
 def model_value(
     params: LatencyParams, kind: str, inflight: int, size: int, mt: int, n: int
 ) -> float:
-    """One scenario through the real Engine in virtual time (the server's handler does the same)."""
+    """One scenario through the real SimEngine in virtual time (the server's handler does the same)."""
 
     async def run() -> float:
-        eng = Engine(params)
+        eng = SimEngine(params)
 
         async def send(i: int) -> None:
             k = min(size, n - i * size)

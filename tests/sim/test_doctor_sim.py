@@ -3,7 +3,9 @@ unreachable, not-HTTP and model-name cases, credentials in URLs, priority schedu
 lists; and against a scripted fake vLLM (httpx.MockTransport) for the verdicts the simulator cannot
 provoke (missing parsers, a template without the thinking switch or unlike ChatML, a server that
 rejects priorities, replicas with different templates). The real-vLLM versions of the parser cases
-live in tests/integration/test_doctor.py.
+live in tests/vllm_tier/test_doctor.py.
+
+Covers: doctor/, cli/__init__.py.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from support import check, free_port, statuses
 
 from langchain_qwen_fast import render_chatml
 from langchain_qwen_fast.doctor import (
@@ -64,20 +67,6 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("QWEN_MODEL", "QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE",
                  "QWEN_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.delenv(name, raising=False)
-
-
-def statuses(report: Any) -> dict[str, str]:
-    return {c.name: c.status for c in report.checks}
-
-
-def check(report: Any, name: str) -> Any:
-    return next(c for c in report.checks if c.name == name)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- the simulator ---------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ Each example takes ``--base-url`` (the convention its header documents); one wit
 RUNS runs with no other arguments. The scripts start together (each is a fresh interpreter that
 spends most of its time importing) and each test waits for its own, so the file costs about as
 long as the slowest script.
+
+Covers: examples/.
 """
 
 from __future__ import annotations

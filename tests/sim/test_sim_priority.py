@@ -1,6 +1,8 @@
 """The simulator's ``--scheduling-policy`` (testing/engine.py, testing/server.py): under fcfs a
 request's ``priority`` is accepted and ignored, as vLLM's V1 engine does; under priority the engine
 admits the lowest value first; ``/server_info`` says which policy runs, like vLLM's dev mode.
+
+Covers: testing/sim_engine.py, testing/server.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import httpx
 import pytest
 
 from langchain_qwen_fast.testing import SimConfig, SimServer
-from langchain_qwen_fast.testing.engine import Engine, LatencyParams, VirtualClockLoop, build_parser
+from langchain_qwen_fast.testing.sim_engine import LatencyParams, SimEngine, VirtualClockLoop, build_parser
 
 pytestmark = pytest.mark.sim
 ONE_SLOT = LatencyParams(step_a=1e-3, max_num_seqs=1)
@@ -23,7 +25,7 @@ def finish_order(policy: str) -> list[str]:
     """A long sequence holds the only slot; then b (priority 0) and c (priority -1) wait."""
 
     async def scenario() -> list[str]:
-        eng = Engine(ONE_SLOT, policy)
+        eng = SimEngine(ONE_SLOT, policy)
         done: list[str] = []
 
         async def run(name: str, tokens: int, priority: int) -> None:
@@ -54,7 +56,7 @@ def test_fcfs_policy_ignores_priority_and_keeps_arrival_order() -> None:
 
 def test_equal_priorities_keep_arrival_order() -> None:
     async def scenario() -> list[int]:
-        eng = Engine(ONE_SLOT, "priority")
+        eng = SimEngine(ONE_SLOT, "priority")
         done: list[int] = []
 
         async def run(i: int) -> None:
@@ -76,7 +78,7 @@ def test_scheduling_policy_is_checked_and_round_trips_the_command_line() -> None
     with pytest.raises(ValueError, match="scheduling_policy must be one of"):
         SimConfig(scheduling_policy="lifo")
     with pytest.raises(ValueError, match="scheduling_policy"):
-        Engine(ONE_SLOT, "lifo")
+        SimEngine(ONE_SLOT, "lifo")
     cfg = SimConfig(latency="zero", scheduling_policy="priority")
     assert "--scheduling-policy" in cfg.to_argv()
     assert SimConfig.from_args(build_parser().parse_args(cfg.to_argv())) == cfg

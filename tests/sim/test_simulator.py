@@ -1,4 +1,6 @@
-"""The simulator itself, through plain HTTP clients: shapes, equivalence, faults, latency model."""
+"""The simulator itself, through plain HTTP clients: shapes, equivalence, faults, latency model.
+
+Covers: testing/."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import httpx
 import pytest
 
 from langchain_qwen_fast.testing import SimConfig, SimServer
-from langchain_qwen_fast.testing.engine import Engine, VirtualClockLoop
 from langchain_qwen_fast.testing.responses import count_tokens
+from langchain_qwen_fast.testing.sim_engine import SimEngine, VirtualClockLoop
 
 pytestmark = pytest.mark.sim
 
@@ -621,7 +623,7 @@ def modelled_wall(srv_cfg: SimConfig, n: int, prompt_tokens: int, tokens: int) -
     assert params is not None
 
     async def scenario() -> tuple[float, int]:
-        eng = Engine(params)
+        eng = SimEngine(params)
 
         async def one() -> None:
             await eng.admit(1)
@@ -766,7 +768,7 @@ def test_start_failure_reports_the_child_output() -> None:
 
 
 def test_config_round_trips_through_the_command_line() -> None:
-    from langchain_qwen_fast.testing.engine import build_parser
+    from langchain_qwen_fast.testing.sim_engine import build_parser
 
     cfg = SimConfig(latency="h100", seed=5, max_model_len=4096, reasoning_field="reasoning_content",
                     model_name="m", faults=("status=429@0.5", "reset_after#2"), speed=3.0,

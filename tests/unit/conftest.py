@@ -36,7 +36,8 @@ def mock_model() -> Iterator[Callable[..., tuple[BatchedChatQwen, Recorder]]]:
 @pytest.fixture
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Shrink exponential backoff so retry tests take milliseconds (Retry-After is unaffected)."""
-    from langchain_qwen_fast import _transport, chat_models
+    from langchain_qwen_fast import chat_models
+    from langchain_qwen_fast._upstream import transport as _transport
 
     monkeypatch.setattr(
         chat_models,

@@ -1,4 +1,6 @@
-"""batch/abatch: input order, per-item errors, max_concurrency, bad inputs, >32 in flight."""
+"""batch/abatch: input order, per-item errors, max_concurrency, bad inputs, >32 in flight.
+
+Covers: _calls/batch.py, _calls/prepare.py, _loop/bridge.py, _dispatch/feed.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
 """How a batch is fed: callback runs started chunk by chunk, requests out before the last input is
-started, one callback manager for a shared config, results handed over per loop iteration."""
+started, one callback manager for a shared config, results handed over per loop iteration.
+
+Covers: _calls/batch.py, _calls/prepare.py, _loop/bridge.py, _dispatch/feed.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from _qwen_fakes import chat_body, last_user_text
 from langchain_core.callbacks import AsyncCallbackHandler, BaseCallbackHandler
 
-from langchain_qwen_fast import _bridge
+from langchain_qwen_fast._loop import bridge as _bridge
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,6 @@
-"""What a benchmark run prints (bench/progress.py) and writes (run.emit): a summary line each, JSON to the file."""
+"""What a benchmark run prints (bench/progress.py) and writes (run.emit): a summary line each, JSON to the file.
+
+Covers: bench/progress.py, bench/run.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The benchmark report: medians over rounds, and ratios to the best raw strategy of the same round."""
+"""The benchmark report: medians over rounds, and ratios to the best raw strategy of the same round.
+
+Covers: bench/report.py."""
 
 from __future__ import annotations
 

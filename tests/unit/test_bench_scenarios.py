@@ -1,4 +1,6 @@
-"""Benchmark rows count their errors by type (bench/scenarios.py), whichever client made them."""
+"""Benchmark rows count their errors by type (bench/scenarios.py), whichever client made them.
+
+Covers: bench/scenarios.py."""
 
 from __future__ import annotations
 

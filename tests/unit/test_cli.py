@@ -1,4 +1,6 @@
-"""``qwen-fast``: the command table, --help/--version, and a missing extra as one line with exit code 2."""
+"""``qwen-fast``: the command table, --help/--version, and a missing extra as one line with exit code 2.
+
+Covers: cli/, bench/cli.py."""
 
 from __future__ import annotations
 
@@ -26,11 +28,11 @@ def test_help_lists_every_command_with_its_one_line_summary(capsys: pytest.Captu
 
 def test_the_table_holds_the_five_commands_each_in_its_own_module() -> None:
     assert {name: cmd.module for name, cmd in COMMANDS.items()} == {
-        "demo": "langchain_qwen_fast.demo",
+        "demo": "langchain_qwen_fast.cli.demo",
         "bench": "langchain_qwen_fast.bench.cli",
         "doctor": "langchain_qwen_fast.doctor",
-        "engines": "langchain_qwen_fast.launch",
-        "worker": "langchain_qwen_fast.integrations.worker",
+        "engines": "langchain_qwen_fast.cli.engines",
+        "worker": "langchain_qwen_fast.cli.worker",
     }
     for cmd in COMMANDS.values():
         if importlib.util.find_spec(cmd.module) is not None:  # the ones that exist expose main(argv)

@@ -1,4 +1,6 @@
-"""wire_mode="completions": plain prompts go to /v1/completions as ChatML lists, by index."""
+"""wire_mode="completions": plain prompts go to /v1/completions as ChatML lists, by index.
+
+Covers: _calls/request.py, _qwen.py, _dispatch/dispatcher.py, _convert.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Constructor and input validation: warnings for unsupported fields, errors before sending."""
+"""Constructor and input validation: warnings for unsupported fields, errors before sending.
+
+Covers: chat_models.py, _calls/fields.py, _calls/request.py."""
 
 from __future__ import annotations
 

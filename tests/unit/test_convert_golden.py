@@ -2,6 +2,8 @@
 
 The expected values live in ``tests/unit/golden/`` and were written by hand from the OpenAI wire
 format (and checked against what ChatOpenAI produces), not generated from the code under test.
+
+Covers: _convert.py.
 """
 
 from __future__ import annotations

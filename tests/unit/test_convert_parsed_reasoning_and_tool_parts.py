@@ -6,6 +6,8 @@
 - A history from another provider (Anthropic ``tool_use`` parts) or from ``output_version="v1"``
   (``tool_call`` blocks) carries its calls twice: in ``tool_calls`` and in the content. The content
   copy is dropped, as ChatOpenAI does, instead of failing as an unsupported part.
+
+Covers: _convert.py.
 """
 
 from __future__ import annotations

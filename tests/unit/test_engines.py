@@ -3,6 +3,8 @@ server (not HTTP, cut short, not OpenAI) is always a clear ModelError, never a r
 exception and never a hang, through every call style, wire mode and engine.
 
 The garbage comes from a raw TCP server on loopback (``_garbage_server.py``).
+
+Covers: _engines/.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast import _errors as errors_module
 from langchain_qwen_fast._engines import AiohttpEngine, Limits, map_error, mapped
-from langchain_qwen_fast._engines_httpx import HttpxEngine
+from langchain_qwen_fast._engines.httpx_engine import HttpxEngine
 from langchain_qwen_fast._errors import (
     APIConnectionError,
     DeadlineExceededError,

@@ -4,6 +4,8 @@
 The server holds each request ``DELAY`` seconds, long enough that all 300 are sent before the first
 answer even on a busy 2-core machine; LangChain's thread-bound defaults keep 6 or 12 in flight, so the
 thresholds (at least 200) leave room for timing and still tell the two apart.
+
+Covers: _calls/batch.py, _loop/run_batch.py.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ def test_run_batch_returns_per_item_exceptions_and_raises_without_them(local_ser
 def test_blocking_entry_points_on_the_loop_thread_raise_instead_of_hanging(local_server: Any) -> None:
     """A sync call made on the package's own loop thread (a callback or tool running there) would wait for
     the loop it blocks: invoke, stream and run_batch_as_completed each raise at once instead."""
-    from langchain_qwen_fast._runtime import get_runtime
+    from langchain_qwen_fast._loop.runtime import get_runtime
 
     model = model_for(local_server())
 

@@ -1,4 +1,6 @@
-"""Error mapping onto langchain_core.exceptions, and which failures are retried (counted)."""
+"""Error mapping onto langchain_core.exceptions, and which failures are retried (counted).
+
+Covers: _errors.py, _upstream/transport.py."""
 
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ from langchain_qwen_fast import (
     RateLimitError,
     ServerError,
 )
-from langchain_qwen_fast._transport import parse_retry_after
+from langchain_qwen_fast._upstream.transport import parse_retry_after
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,4 @@
-"""``qwen-fast engines`` (langchain_qwen_fast/launch.py): argument handling, and process handling with a
+"""``qwen-fast engines`` (langchain_qwen_fast/cli/engines.py): argument handling, and process handling with a
 fake ``vllm`` on PATH. The launcher runs as a subprocess, as users run it.
 
 The fake (written into tmp_path) parses ``serve MODEL --host H --port P ...``, records its argv, forks a
@@ -7,13 +7,14 @@ with http.server; on SIGTERM it stops its worker and exits, as vllm serve does. 
 lists in env vars) it can fail at start (FAKE_VLLM_FAIL), never become healthy (FAKE_VLLM_HANG), die after
 a while (FAKE_VLLM_DIE_AFTER=PORT:SECONDS), or ignore SIGTERM, server and worker both
 (FAKE_VLLM_IGNORE_TERM; it records each SIGTERM it got).
+
+Covers: cli/engines.py, _process.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import pytest
 from _procs import gone, wait_until
+from support import free_ports
 
 from langchain_qwen_fast._process import ChildProcess
-from langchain_qwen_fast.launch import (
+from langchain_qwen_fast.cli.engines import (
     DEFAULT_KV_CACHE_BYTES,
     DEFAULT_SERVE_FLAGS,
     LaunchConfig,
@@ -182,20 +184,6 @@ def test_a_missing_vllm_executable_is_named(capsys: pytest.CaptureFixture[str], 
 
 
 # --------------------------------------------------------------------------------- process handling
-def free_ports(n: int) -> int:
-    """The first of ``n`` consecutive free loopback ports."""
-    for _ in range(200):
-        base = random.randrange(20000, 60000 - n)
-        try:
-            for p in range(base, base + n):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", p))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range")
-
-
 def healthy(port: int) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
@@ -248,7 +236,7 @@ def launch(tmp_path: Path) -> Iterator[Callable[..., Run]]:
         base, ready_file = base or free_ports(n), tmp_path / "ready.json"
         env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
                "FAKE_VLLM_DIR": str(rec), **fake_env}
-        argv = [sys.executable, "-m", "langchain_qwen_fast.launch", "--engines", str(n), "--model", MODEL,
+        argv = [sys.executable, "-m", "langchain_qwen_fast.cli.engines", "--engines", str(n), "--model", MODEL,
                 "--port", str(base), "--log-dir", str(tmp_path / "logs"), "--ready-file", str(ready_file),
                 "--stop-timeout", "2", *args]
         child = ChildProcess(argv, env=env, ready=ready_file.exists if wait_ready else None, startup_timeout=60,
@@ -388,7 +376,7 @@ def test_an_error_in_the_launcher_itself_still_stops_every_server(tmp_path: Path
     (bin_dir / "vllm").chmod(0o755)
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_VLLM_DIR": str(rec)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "langchain_qwen_fast.launch", "--engines", "2", "--model", MODEL,
+        [sys.executable, "-m", "langchain_qwen_fast.cli.engines", "--engines", "2", "--model", MODEL,
          "--port", str(free_ports(2)), "--stop-timeout", "2"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     assert proc.stdout is not None

@@ -1,4 +1,6 @@
-"""close()/aclose()/context managers, no leaked tasks or threads, and the stats() snapshot."""
+"""close()/aclose()/context managers, no leaked tasks or threads, and the stats() snapshot.
+
+Covers: chat_models.py, _loop/handle.py, _stats.py, _dispatch/dispatcher.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from _qwen_fakes import chat_body, last_user_text
 
 from langchain_qwen_fast import BatchedChatQwen, ClientClosedError
-from langchain_qwen_fast._runtime import get_runtime
+from langchain_qwen_fast._loop.runtime import get_runtime
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -1,4 +1,6 @@
-"""Completions lists never mix callers' credentials or deadlines."""
+"""Completions lists never mix callers' credentials or deadlines.
+
+Covers: _calls/request.py, _dispatch/scheduler.py."""
 
 from __future__ import annotations
 
@@ -43,7 +45,7 @@ def test_two_instances_with_different_keys_never_share_a_list_request():
 
 
 def test_explicit_n_one_keeps_a_call_eligible_for_lists():
-    from langchain_qwen_fast._request import build_spec
+    from langchain_qwen_fast._calls.request import build_spec
 
     spec = build_spec({"model": "m", "max_tokens": 4, "n": 1}, {}, None, "m", False, "completions", None, {})
     assert spec.list_eligible

@@ -1,4 +1,6 @@
-"""Any caller: repeated asyncio.run(), uvloop, and many threads sharing one instance."""
+"""Any caller: repeated asyncio.run(), uvloop, and many threads sharing one instance.
+
+Covers: _loop/runtime.py, _loop/bridge.py."""
 
 from __future__ import annotations
 

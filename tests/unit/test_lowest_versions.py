@@ -1,14 +1,11 @@
-"""The lowest-versions run (tests/lowest/): pins from pyproject.toml's lower bounds, skips only for absent extras."""
+"""The lowest-versions run (tests/lowest/): pins from pyproject.toml's lower bounds, skips only for absent extras.
+
+Covers: tests/lowest/."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lowest"))
 import constraints
+import pytest
 import skip_optional
 
 

@@ -1,4 +1,6 @@
-"""Drop-in parity: one canned server response through ChatOpenAI and through BatchedChatQwen."""
+"""Drop-in parity: one canned server response through ChatOpenAI and through BatchedChatQwen.
+
+Covers: _convert.py, _calls/prepare.py, _calls/streams.py."""
 
 from __future__ import annotations
 

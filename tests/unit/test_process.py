@@ -1,4 +1,6 @@
-"""``langchain_qwen_fast._process``: ChildProcess and stop_all, with real (tiny Python) child processes."""
+"""``langchain_qwen_fast._process``: ChildProcess and stop_all, with real (tiny Python) child processes.
+
+Covers: _process.py."""
 
 from __future__ import annotations
 

@@ -1,6 +1,8 @@
 """render_chatml against hand-written golden strings; can_render; split_reasoning edge cases.
 
 The comparison with Qwen3's official template itself is in ``test_qwen_render_official.py``.
+
+Covers: _qwen.py.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ The reference is the template of the Qwen/Qwen3-0.6B repository, read from the p
 ``lstrip_blocks``, the ``loopcontrols`` extension, transformers' ``tojson`` filter and its
 ``raise_exception``/``strftime_now`` globals (``transformers/utils/chat_template_utils.py``). Without the wheel
 the module skips, except in CI (``CI=true``), where it fails.
+
+Covers: _qwen.py.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import sys
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -25,11 +26,9 @@ import jinja2
 import jinja2.ext
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from qwen3_template import MEMBER, WHEEL_NAME, TemplateUnavailable, official_template, read_template, wheel_path
 
 from langchain_qwen_fast._qwen import can_render, render_chatml
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "servers"))
-from qwen3_template import MEMBER, WHEEL_NAME, TemplateUnavailable, official_template, read_template, wheel_path
 
 Msg = dict[str, Any]
 #: enable_thinking as the template sees it: the client always sends it; "undefined" is the server default (on).

@@ -1,4 +1,6 @@
-"""``_replicas.py``: admission per replica, least-outstanding routing, health, prefix affinity (no I/O)."""
+"""``_replicas.py``: admission per replica, least-outstanding routing, health, prefix affinity (no I/O).
+
+Covers: _upstream/replicas.py, _upstream/affinity.py."""
 
 from __future__ import annotations
 
@@ -8,10 +10,10 @@ import time
 
 import pytest
 
-from langchain_qwen_fast._affinity import prefix_keys
 from langchain_qwen_fast._errors import APIConnectionError, ServerError, connection_error, from_status
 from langchain_qwen_fast._qwen import render_chatml
-from langchain_qwen_fast._replicas import HealthPolicy, ReplicaSet, RoutingPolicy
+from langchain_qwen_fast._upstream.affinity import prefix_keys
+from langchain_qwen_fast._upstream.replicas import HealthPolicy, ReplicaSet, RoutingPolicy
 
 URLS = ["http://a:8000/v1", "http://b:8000/v1", "http://c:8000/v1"]
 

@@ -1,4 +1,6 @@
-"""Edge cases of retries, streams and redaction found in review."""
+"""Edge cases of retries, streams and redaction found in review.
+
+Covers: _upstream/transport.py, _urls.py, _errors.py."""
 
 from __future__ import annotations
 
@@ -8,9 +10,9 @@ import httpx
 import pytest
 from test_streaming import REASONING_STREAM, sse
 
+from langchain_qwen_fast._calls.request import build_spec, make_item
 from langchain_qwen_fast._errors import connection_error
-from langchain_qwen_fast._request import build_spec, make_item
-from langchain_qwen_fast._transport import parse_retry_after
+from langchain_qwen_fast._upstream.transport import parse_retry_after
 
 
 @pytest.mark.parametrize("value", ["soon", "", "Thu, 99 Foo 2026 00:00:00 GMT"])

@@ -1,4 +1,6 @@
-"""``_scheduler.py``: per-flow queues, deficit round robin, priorities (no I/O)."""
+"""``_scheduler.py``: per-flow queues, deficit round robin, priorities (no I/O).
+
+Covers: _dispatch/scheduler.py, _dispatch/item.py."""
 
 from __future__ import annotations
 
@@ -8,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from langchain_qwen_fast._batcher import Item
-from langchain_qwen_fast._scheduler import Flow, FlowPolicy, Scheduler
+from langchain_qwen_fast._dispatch.item import Item
+from langchain_qwen_fast._dispatch.scheduler import Flow, FlowPolicy, Scheduler
 
 
 def items(n: int, loop: asyncio.AbstractEventLoop, key: bytes | None = b"k", tag: str = "") -> list[Item]:
     out = []
     for i in range(n):
-        it = Item(payload={}, headers={}, deadline_s=None, model="m", prompt=f"{tag}{i}" if key else None, key=key,
+        it = Item(payload={}, headers={}, deadline_s=None, model="m", prompt=f"{tag}{i}" if key else None, list_key=key,
                   est_tokens=10)
         it.future = loop.create_future()
         out.append(it)

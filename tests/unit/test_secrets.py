@@ -1,4 +1,6 @@
-"""The api key is sent to the server and shown nowhere else: repr, dumps, errors, logs."""
+"""The api key is sent to the server and shown nowhere else: repr, dumps, errors, logs.
+
+Covers: chat_models.py, _errors.py, _urls.py."""
 
 from __future__ import annotations
 

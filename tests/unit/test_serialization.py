@@ -1,4 +1,6 @@
-"""Serialization keeps the api key out and round-trips when the class is allowed explicitly."""
+"""Serialization keeps the api key out and round-trips when the class is allowed explicitly.
+
+Covers: chat_models.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""_sse.py: SSE lines -> event objects, golden cases written by hand (``golden/sse.json``)."""
+"""_sse.py: SSE lines -> event objects, golden cases written by hand (``golden/sse.json``).
+
+Covers: _upstream/sse.py."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from langchain_qwen_fast import _errors
-from langchain_qwen_fast._sse import DONE, sse_event
+from langchain_qwen_fast._upstream.sse import DONE, sse_event
 
 _GOLDEN = json.loads((Path(__file__).parent / "golden" / "sse.json").read_text())
 URL = "http://127.0.0.1:8000/v1/chat/completions"

@@ -1,4 +1,6 @@
-"""langchain-tests' ChatModelUnitTests: the external check that BatchedChatQwen is a proper chat model."""
+"""langchain-tests' ChatModelUnitTests: the external check that BatchedChatQwen is a proper chat model.
+
+Covers: chat_models.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Streaming over SSE (MockTransport): chunk types, last chunk, usage, reasoning, tool calls."""
+"""Streaming over SSE (MockTransport): chunk types, last chunk, usage, reasoning, tool calls.
+
+Covers: _upstream/transport.py, _upstream/sse.py, _calls/streams.py, _convert.py, _loop/bridge.py."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The Qwen3 thinking switch in the payload, and where reasoning lands in the answer."""
+"""The Qwen3 thinking switch in the payload, and where reasoning lands in the answer.
+
+Covers: _calls/request.py, _qwen.py, _convert.py."""
 
 from __future__ import annotations
 

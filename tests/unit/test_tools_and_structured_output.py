@@ -1,4 +1,6 @@
-"""bind_tools and with_structured_output: the payload, parsing, and no mutation of the model."""
+"""bind_tools and with_structured_output: the payload, parsing, and no mutation of the model.
+
+Covers: _calls/structured.py, _convert.py."""
 
 from __future__ import annotations
 

@@ -1,0 +1,243 @@
+"""``batch``/``abatch`` and their ``_as_completed`` forms without a thread pool: one submission per call.
+
+LangChain's default ``batch`` runs ``invoke`` in min(32, cpu+4) threads, which caps what is in
+flight far below what a vLLM server takes (49 req/s where the engine does 152), and its
+``batch_as_completed`` kept 6 in flight. Here one driver serves all four entry points: the inputs
+are converted and their callback runs started chunk by chunk (32 inputs, then 64, ... up to 512),
+each chunk goes to the dispatcher as soon as it is ready, and results come back as they finish.
+
+Inputs are prepared only as far ahead of what is finished as the dispatcher can use (twice its
+admission capacity), and each input's objects (its run manager, its dispatcher item) are dropped
+when it finishes: 100,000 pending inputs cost their results and the caller's own list, not five
+LangChain objects each.
+
+An input that cannot be converted is a per-item ``ValueError`` with ``return_exceptions``; without
+it, it raises, and what was sent is cancelled. The ``_as_completed`` forms yield ``(index,
+output)`` as each input finishes; without ``return_exceptions`` the first failure raises there, as
+LangChain's own does. The few configurations whose semantics live inside LangChain's per-call
+path (an LLM cache, a rate limiter, ``output_version="v1"``, streaming requested) take LangChain's
+generic path instead, with ``max_concurrency`` defaulting to the model's admission limit rather
+than the thread-pool size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+from langchain_core.globals import get_llm_cache
+from langchain_core.language_models import BaseChatModel
+
+from langchain_qwen_fast._calls.prepare import HELPERS, Lane, Prepared, as_llm_result, error_response
+from langchain_qwen_fast._dispatch.scheduler import Flow
+from langchain_qwen_fast._loop import bridge as _bridge
+
+__all__ = ["Lane", "abatch_as_completed_fast", "abatch_fast", "batch_as_completed_fast", "batch_fast"]
+
+
+def _fast_path_ok(model: BaseChatModel, lane: Lane, kwargs: dict[str, Any]) -> bool:
+    if not HELPERS or model.rate_limiter is not None or model.output_version == "v1":
+        return False
+    if model.cache is not None and model.cache is not False:
+        return False
+    if model.cache is None and get_llm_cache() is not None:
+        return False
+    return not (kwargs.get("stream") or lane.streaming)
+
+
+def _with_default_concurrency(lane: Lane, config: Any) -> Any:
+    if isinstance(config, list):
+        return [{**c, "max_concurrency": c.get("max_concurrency") or lane.limit} for c in config]
+    config = dict(config or {})
+    config.setdefault("max_concurrency", lane.limit)
+    return config
+
+
+class _Driver:
+    """One fast batch: what is prepared, what is pending, and each pending input's run manager."""
+
+    def __init__(
+        self, model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, kwargs: dict[str, Any],
+        return_exceptions: bool,
+    ) -> None:
+        self.prep = Prepared(model, lane, inputs, config, kwargs, return_exceptions)
+        self.rt, self.disp = lane.dispatcher()
+        capacity = self.disp.replicas.capacity()
+        if self.prep.limit:
+            capacity = min(capacity, self.prep.limit)
+        self.ahead = max(2 * capacity, 1024)
+        self.flow = Flow("batch", self.prep.spec.priority)
+        self.managers: dict[int, Any] = {}  # item number -> run manager, while pending (one per item sent)
+        self._chunks = self.prep.chunks()
+        self._fed = False
+
+    def next_chunk(self) -> tuple[list[Any], list[Any], list[Any], list[tuple[int, BaseException]]] | None:
+        """The next chunk to start, or None while enough is pending (or when every input is out)."""
+        if self._fed or len(self.managers) >= self.ahead:
+            return None
+        chunk = next(self._chunks, None)
+        if chunk is None:
+            self._fed = True
+        return chunk
+
+    @property
+    def done(self) -> bool:
+        return self._fed and not self.managers
+
+
+def _raise_first(outputs: list[Any]) -> None:
+    for out in outputs:
+        if isinstance(out, BaseException):
+            raise out
+
+
+def iter_fast(
+    model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
+    kwargs: dict[str, Any], raise_early: bool,
+) -> Iterator[tuple[int, Any]]:
+    """``(index, output)`` for each input as it finishes (output may be an exception)."""
+    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions)
+    prep, number = d.prep, 0
+    with _bridge.BatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
+        try:
+            while not d.done:
+                while (chunk := d.next_chunk()) is not None:
+                    cfgs, msgs, items, errors = chunk
+                    yield from errors
+                    for cfg, m in zip(cfgs, msgs, strict=True):
+                        args, kw = prep.start_args(cfg, m)
+                        (d.managers[number],) = prep.manager(cfg, CallbackManager).on_chat_model_start(*args, **kw)
+                        number += 1
+                    run.add(items)
+                if not d.managers:
+                    continue
+                for j, result, exc in run.take():
+                    rm = d.managers.pop(j)
+                    if exc is not None:
+                        rm.on_llm_error(exc, response=error_response(exc))
+                        if raise_early:
+                            raise exc
+                        yield prep.index[j], exc
+                    else:
+                        rm.on_llm_end(as_llm_result(result))
+                        yield prep.index[j], prep.finish(result, rm.run_id)
+        except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt, the caller left
+            run.close()  # cancel what was sent first: error callbacks may be slow
+            for rm in d.managers.values():
+                with contextlib.suppress(Exception):
+                    rm.on_llm_error(e)
+            raise
+
+
+async def aiter_fast(
+    model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
+    kwargs: dict[str, Any], raise_early: bool,
+) -> AsyncGenerator[tuple[int, Any], None]:
+    """The async twin of :func:`iter_fast`."""
+    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions)
+    prep, number = d.prep, 0
+    with _bridge.ABatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
+        try:
+            while not d.done:
+                while (chunk := d.next_chunk()) is not None:
+                    cfgs, msgs, items, errors = chunk
+                    for err in errors:
+                        yield err
+                    for cfg, m in zip(cfgs, msgs, strict=True):
+                        args, kw = prep.start_args(cfg, m)
+                        (d.managers[number],) = await prep.manager(cfg, AsyncCallbackManager).on_chat_model_start(
+                            *args, **kw
+                        )
+                        number += 1
+                    run.add(items)
+                if not d.managers:
+                    continue
+                for j, result, exc in await run.take():
+                    rm = d.managers.pop(j)
+                    if exc is not None:
+                        await rm.on_llm_error(exc, response=error_response(exc))
+                        if raise_early:
+                            raise exc
+                        yield prep.index[j], exc
+                    else:
+                        await rm.on_llm_end(as_llm_result(result))
+                        yield prep.index[j], prep.finish(result, rm.run_id)
+        except BaseException as e:  # incl. a cancelled task: stop, then end every run started, concurrently
+            run.close()
+            await asyncio.gather(*(rm.on_llm_error(e) for rm in d.managers.values()), return_exceptions=True)
+            raise
+
+
+def batch_fast(
+    model: BaseChatModel, lane: Lane, inputs: list[Any], config: Any, return_exceptions: bool, kwargs: dict[str, Any]
+) -> list[Any]:
+    if not inputs:
+        return []
+    if not _fast_path_ok(model, lane, kwargs):
+        return BaseChatModel.batch(
+            model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
+        )
+    outputs: list[Any] = [None] * len(inputs)
+    for i, out in iter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=False):
+        outputs[i] = out
+    if not return_exceptions:
+        _raise_first(outputs)
+    return outputs
+
+
+async def abatch_fast(
+    model: BaseChatModel, lane: Lane, inputs: list[Any], config: Any, return_exceptions: bool, kwargs: dict[str, Any]
+) -> list[Any]:
+    if not inputs:
+        return []
+    if not _fast_path_ok(model, lane, kwargs):
+        return await BaseChatModel.abatch(
+            model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
+        )
+    outputs: list[Any] = [None] * len(inputs)
+    gen = aiter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=False)
+    try:
+        async for i, out in gen:
+            outputs[i] = out
+    finally:
+        await gen.aclose()
+    if not return_exceptions:
+        _raise_first(outputs)
+    return outputs
+
+
+def batch_as_completed_fast(
+    model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
+    kwargs: dict[str, Any],
+) -> Iterator[tuple[int, Any]]:
+    if not inputs:
+        return
+    if not _fast_path_ok(model, lane, kwargs):
+        yield from BaseChatModel.batch_as_completed(  # type: ignore[call-overload]
+            model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
+        )
+        return
+    yield from iter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=not return_exceptions)
+
+
+async def abatch_as_completed_fast(
+    model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
+    kwargs: dict[str, Any],
+) -> AsyncIterator[tuple[int, Any]]:
+    if not inputs:
+        return
+    if not _fast_path_ok(model, lane, kwargs):
+        async for pair in BaseChatModel.abatch_as_completed(  # type: ignore[call-overload]
+            model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
+        ):
+            yield pair
+        return
+    gen = aiter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=not return_exceptions)
+    try:
+        async for pair in gen:
+            yield pair
+    finally:
+        await gen.aclose()
