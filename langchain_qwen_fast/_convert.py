@@ -169,8 +169,12 @@ def _reasoning_of(msg: Mapping[str, Any]) -> str | None:
     return value
 
 
-def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> AIMessage:
-    """Convert a response ``message`` into an AIMessage; bad tool JSON goes to invalid_tool_calls."""
+def ai_message_fields(msg: Mapping[str, Any], *, split_think: bool = True) -> dict[str, Any]:
+    """The fields an ``AIMessage`` is made with for a response ``message``; bad tool JSON goes to
+    invalid_tool_calls. Only the fields that carry data are there: the values are the same (the others
+    default to empty), and pydantic's per-instance set of given fields then stays at 4 entries with the id,
+    usage and metadata added later (216 bytes instead of 728, a fifth of each result: 100,000 results held
+    49 MiB less; docs/architecture.md, "Memory")."""
     content = msg.get("content") or ""
     reasoning = _reasoning_of(msg)
     if reasoning is None and split_think and ("</think>" in content or content.lstrip().startswith("<think>")):
@@ -190,10 +194,6 @@ def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> A
             tool_calls.append(parse_tool_call(raw, return_id=True))
         except Exception as e:  # a malformed call is data, never an exception for the caller
             invalid.append(make_invalid_tool_call(raw, str(e)))
-    # Only the fields that carry data are passed: the values are the same (the others default to
-    # empty), and pydantic's per-instance set of given fields then stays at 4 entries with the id,
-    # usage and metadata added later (216 bytes instead of 728, a fifth of each result: 100,000
-    # results held 49 MiB less; docs/architecture.md, "Memory").
     fields: dict[str, Any] = {"content": content}
     if additional:
         fields["additional_kwargs"] = additional
@@ -201,7 +201,12 @@ def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> A
         fields["tool_calls"] = tool_calls
     if invalid:
         fields["invalid_tool_calls"] = invalid
-    return AIMessage(**fields)
+    return fields
+
+
+def dict_to_ai_message(msg: Mapping[str, Any], *, split_think: bool = True) -> AIMessage:
+    """Convert a response ``message`` into an AIMessage (:func:`ai_message_fields`)."""
+    return AIMessage(**ai_message_fields(msg, split_think=split_think))
 
 
 #: The usage fields the openai SDK's ``CompletionUsage`` always has, so ChatOpenAI's ``token_usage``
@@ -216,7 +221,7 @@ def token_usage_of(usage: Any) -> dict[str, Any] | None:
     (The SDK also fills the fields of the nested ``*_details`` objects with None; those stay as sent.)"""
     if not usage:
         return None
-    return {**dict.fromkeys(_USAGE_FIELDS), **_mapping(usage, "usage")}
+    return {**dict.fromkeys(_USAGE_FIELDS), **mapping(usage, "usage")}
 
 
 def llm_output_of(resp: Mapping[str, Any], model_fallback: str, token_usage: dict[str, Any] | None) -> dict[str, Any]:
@@ -236,7 +241,7 @@ def llm_output_of(resp: Mapping[str, Any], model_fallback: str, token_usage: dic
     return out
 
 
-def _generation_info(choice: Mapping[str, Any]) -> dict[str, Any]:
+def generation_info(choice: Mapping[str, Any]) -> dict[str, Any]:
     # The openai SDK's Choice always has ``logprobs``, so ChatOpenAI's response_metadata always has the key.
     # The reason is one of a few words; interned, 100,000 answers share them instead of holding a copy each.
     reason = choice.get("finish_reason")
@@ -244,13 +249,13 @@ def _generation_info(choice: Mapping[str, Any]) -> dict[str, Any]:
             "logprobs": choice.get("logprobs")}
 
 
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+def mapping(value: Any, what: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise malformed_response(f"{what} is a JSON {type(value).__name__}, not an object")
     return value
 
 
-def _check_shape(resp: Any) -> list[Mapping[str, Any]]:
+def check_shape(resp: Any) -> list[Mapping[str, Any]]:
     """The response's choices, each an object; anything else is an ``InvalidResponseError``."""
     if not isinstance(resp, Mapping):
         raise malformed_response(f"expected a JSON object, got a JSON {type(resp).__name__}")
@@ -267,14 +272,14 @@ def _check_shape(resp: Any) -> list[Mapping[str, Any]]:
 
 def chat_response_to_result(resp: Mapping[str, Any], model_fallback: str) -> ChatResult:
     """Convert a ``/v1/chat/completions`` body into a ChatResult, ChatOpenAI-style."""
-    choices = _check_shape(resp)
+    choices = check_shape(resp)
     usage = resp.get("usage")
     gens = []
     for choice in choices:
         message = dict_to_ai_message(choice.get("message") or {})
         if usage:
-            message.usage_metadata = usage_to_metadata(_mapping(usage, "usage"))
-        gens.append(ChatGeneration(message=message, generation_info=_generation_info(choice)))
+            message.usage_metadata = usage_to_metadata(mapping(usage, "usage"))
+        gens.append(ChatGeneration(message=message, generation_info=generation_info(choice)))
     return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback, token_usage_of(usage)))
 
 
@@ -290,16 +295,16 @@ def completion_choice_to_result(
     if usage:
         message.usage_metadata = usage_to_metadata(usage)
     out = llm_output_of(resp, model_fallback, token_usage_of(usage))
-    gen = ChatGeneration(message=message, generation_info=_generation_info(choice))
+    gen = ChatGeneration(message=message, generation_info=generation_info(choice))
     return ChatResult(generations=[gen], llm_output=out)
 
 
 def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Mapping[str, Any], dict[str, Any] | None]]:
     """Match a list response's choices to prompts by ``index``; raise if any is missing, or if the list's
     ``usage`` is not an object (each prompt's metadata uses its own share, so this is the one check of it)."""
-    choices = _check_shape(resp)
+    choices = check_shape(resp)
     if resp.get("usage"):
-        _mapping(resp["usage"], "usage")
+        mapping(resp["usage"], "usage")
     by_index: dict[int, Mapping[str, Any]] = {}
     for c in choices:
         index = c.get("index", 0)
@@ -334,9 +339,9 @@ class StreamAssembler:
         if not choices:
             if not usage:
                 return None
-            msg = AIMessageChunk(content="", usage_metadata=usage_to_metadata(_mapping(usage, "usage")))
+            msg = AIMessageChunk(content="", usage_metadata=usage_to_metadata(mapping(usage, "usage")))
             return ChatGenerationChunk(message=msg, generation_info={})
-        choice = _check_shape(chunk)[0]
+        choice = check_shape(chunk)[0]
         delta = choice.get("delta") or {}
         content = delta.get("content") or ""
         reasoning = _reasoning_of(delta)
@@ -365,7 +370,7 @@ class StreamAssembler:
         msg = AIMessageChunk(content=content, additional_kwargs=additional, tool_call_chunks=chunks,
                              response_metadata={"model_provider": MODEL_PROVIDER})
         if usage:
-            msg.usage_metadata = usage_to_metadata(_mapping(usage, "usage"))
+            msg.usage_metadata = usage_to_metadata(mapping(usage, "usage"))
         info: dict[str, Any] = {}
         if choice.get("finish_reason") is not None:
             info["finish_reason"] = choice["finish_reason"]

@@ -15,6 +15,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils import from_env, secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 
+from langchain_qwen_fast._answers import to_result
 from langchain_qwen_fast._calls import structured as _structured
 from langchain_qwen_fast._calls.batch import (
     Lane,
@@ -276,7 +277,7 @@ class BatchedChatQwen(BaseChatModel):
         spec = self._spec(stop, kwargs)
         item = make_item(spec, messages)
         rt, disp = self._dispatcher()
-        return _bridge.call_one(rt, disp, item, spec.priority)  # type: ignore[no-any-return]
+        return to_result(_bridge.call_one(rt, disp, item, spec.priority))
 
     async def _agenerate(
         self,
@@ -288,7 +289,7 @@ class BatchedChatQwen(BaseChatModel):
         spec = self._spec(stop, kwargs)
         item = make_item(spec, messages)
         rt, disp = self._dispatcher()
-        return await _bridge.acall_one(rt, disp, item, spec.priority)  # type: ignore[no-any-return]
+        return to_result(await _bridge.acall_one(rt, disp, item, spec.priority))
 
     def _stream_opener(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
@@ -296,7 +297,7 @@ class BatchedChatQwen(BaseChatModel):
         kwargs.pop("stream", None)
         usage = kwargs.pop("stream_usage", None)
         spec = self._spec(stop, kwargs, stream=True)
-        payload = make_item(spec, messages).payload
+        payload = make_item(spec, messages).payload or {}
         payload["stream"] = True
         if self.stream_usage if usage is None else usage:
             payload["stream_options"] = {"include_usage": True}

@@ -31,7 +31,7 @@ from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
 from langchain_core.globals import get_llm_cache
 from langchain_core.language_models import BaseChatModel
 
-from langchain_qwen_fast._calls.prepare import HELPERS, Lane, Prepared, as_llm_result, error_response
+from langchain_qwen_fast._calls.prepare import HELPERS, Chunk, Lane, Prepared, PreparedInput
 from langchain_qwen_fast._dispatch.scheduler import Flow
 from langchain_qwen_fast._loop import bridge as _bridge
 
@@ -57,35 +57,48 @@ def _with_default_concurrency(lane: Lane, config: Any) -> Any:
 
 
 class _Driver:
-    """One fast batch: what is prepared, what is pending, and each pending input's run manager."""
+    """One fast batch: what is prepared, and each input that is on its way (by its index)."""
 
     def __init__(
         self, model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, kwargs: dict[str, Any],
-        return_exceptions: bool,
+        return_exceptions: bool, manager_cls: Any,
     ) -> None:
-        self.prep = Prepared(model, lane, inputs, config, kwargs, return_exceptions)
+        self.prep = Prepared(model, lane, inputs, config, kwargs, return_exceptions, manager_cls)
         self.rt, self.disp = lane.dispatcher()
         capacity = self.disp.replicas.capacity()
         if self.prep.limit:
             capacity = min(capacity, self.prep.limit)
         self.ahead = max(2 * capacity, 1024)
         self.flow = Flow("batch", self.prep.spec.priority)
-        self.managers: dict[int, Any] = {}  # item number -> run manager, while pending (one per item sent)
+        self.pending: dict[int, PreparedInput] = {}  # input index -> its record, while its item is out
         self._chunks = self.prep.chunks()
         self._fed = False
 
-    def next_chunk(self) -> tuple[list[Any], list[Any], list[Any], list[tuple[int, BaseException]]] | None:
+    def next_chunk(self) -> Chunk | None:
         """The next chunk to start, or None while enough is pending (or when every input is out)."""
-        if self._fed or len(self.managers) >= self.ahead:
+        if self._fed or len(self.pending) >= self.ahead:
             return None
         chunk = next(self._chunks, None)
         if chunk is None:
             self._fed = True
         return chunk
 
+    def to_start(self, chunk: Chunk) -> list[PreparedInput]:
+        """Record the chunk's inputs as pending; those a handler listens to need their run started (in order)."""
+        pending = self.pending
+        for rec in chunk.inputs:
+            pending[rec.index] = rec
+        return [rec for rec in chunk.inputs if rec.run_id is None]
+
+    def finished(self, index: int, answer: Any, exc: BaseException | None) -> tuple[PreparedInput, Any, Any]:
+        """``(record, output, event)`` for a result (:meth:`Prepared.outcome`); the input is no longer pending."""
+        rec = self.pending.pop(index)
+        out, event = self.prep.outcome(rec, answer, exc)
+        return rec, out, event
+
     @property
     def done(self) -> bool:
-        return self._fed and not self.managers
+        return self._fed and not self.pending
 
 
 def _raise_first(outputs: list[Any]) -> None:
@@ -99,36 +112,36 @@ def iter_fast(
     kwargs: dict[str, Any], raise_early: bool,
 ) -> Iterator[tuple[int, Any]]:
     """``(index, output)`` for each input as it finishes (output may be an exception)."""
-    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions)
-    prep, number = d.prep, 0
+    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions, CallbackManager)
+    prep = d.prep
     with _bridge.BatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
         try:
             while not d.done:
                 while (chunk := d.next_chunk()) is not None:
-                    cfgs, msgs, items, errors = chunk
-                    yield from errors
-                    for cfg, m in zip(cfgs, msgs, strict=True):
-                        args, kw = prep.start_args(cfg, m)
-                        (d.managers[number],) = prep.manager(cfg, CallbackManager).on_chat_model_start(*args, **kw)
-                        number += 1
-                    run.add(items)
-                if not d.managers:
+                    yield from chunk.errors
+                    for rec in d.to_start(chunk):
+                        args, kw = prep.start_args(rec)
+                        (rec.manager,) = prep.manager(rec).on_chat_model_start(*args, **kw)
+                    run.add(chunk.items)
+                if not d.pending:
                     continue
-                for j, result, exc in run.take():
-                    rm = d.managers.pop(j)
-                    if exc is not None:
-                        rm.on_llm_error(exc, response=error_response(exc))
-                        if raise_early:
-                            raise exc
-                        yield prep.index[j], exc
-                    else:
-                        rm.on_llm_end(as_llm_result(result))
-                        yield prep.index[j], prep.finish(result, rm.run_id)
+                for index, answer, exc in run.take():
+                    rec, out, event = d.finished(index, answer, exc)
+                    failed = isinstance(out, BaseException)
+                    if rec.manager is not None:
+                        if failed:
+                            rec.manager.on_llm_error(out, response=event)
+                        else:
+                            rec.manager.on_llm_end(event)
+                    if failed and raise_early:
+                        raise out
+                    yield index, out
         except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt, the caller left
             run.close()  # cancel what was sent first: error callbacks may be slow
-            for rm in d.managers.values():
-                with contextlib.suppress(Exception):
-                    rm.on_llm_error(e)
+            for rec in d.pending.values():
+                if rec.manager is not None:
+                    with contextlib.suppress(Exception):
+                        rec.manager.on_llm_error(e)
             raise
 
 
@@ -136,38 +149,36 @@ async def aiter_fast(
     model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
     kwargs: dict[str, Any], raise_early: bool,
 ) -> AsyncGenerator[tuple[int, Any], None]:
-    """The async twin of :func:`iter_fast`."""
-    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions)
-    prep, number = d.prep, 0
+    """The async twin of :func:`iter_fast`: the same steps, with the callbacks awaited."""
+    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions, AsyncCallbackManager)
+    prep = d.prep
     with _bridge.ABatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
         try:
             while not d.done:
                 while (chunk := d.next_chunk()) is not None:
-                    cfgs, msgs, items, errors = chunk
-                    for err in errors:
+                    for err in chunk.errors:
                         yield err
-                    for cfg, m in zip(cfgs, msgs, strict=True):
-                        args, kw = prep.start_args(cfg, m)
-                        (d.managers[number],) = await prep.manager(cfg, AsyncCallbackManager).on_chat_model_start(
-                            *args, **kw
-                        )
-                        number += 1
-                    run.add(items)
-                if not d.managers:
+                    for rec in d.to_start(chunk):
+                        args, kw = prep.start_args(rec)
+                        (rec.manager,) = await prep.manager(rec).on_chat_model_start(*args, **kw)
+                    run.add(chunk.items)
+                if not d.pending:
                     continue
-                for j, result, exc in await run.take():
-                    rm = d.managers.pop(j)
-                    if exc is not None:
-                        await rm.on_llm_error(exc, response=error_response(exc))
-                        if raise_early:
-                            raise exc
-                        yield prep.index[j], exc
-                    else:
-                        await rm.on_llm_end(as_llm_result(result))
-                        yield prep.index[j], prep.finish(result, rm.run_id)
+                for index, answer, exc in await run.take():
+                    rec, out, event = d.finished(index, answer, exc)
+                    failed = isinstance(out, BaseException)
+                    if rec.manager is not None:
+                        if failed:
+                            await rec.manager.on_llm_error(out, response=event)
+                        else:
+                            await rec.manager.on_llm_end(event)
+                    if failed and raise_early:
+                        raise out
+                    yield index, out
         except BaseException as e:  # incl. a cancelled task: stop, then end every run started, concurrently
             run.close()
-            await asyncio.gather(*(rm.on_llm_error(e) for rm in d.managers.values()), return_exceptions=True)
+            await asyncio.gather(*(rec.manager.on_llm_error(e) for rec in d.pending.values()
+                                   if rec.manager is not None), return_exceptions=True)
             raise
 
 

@@ -14,7 +14,7 @@ import orjson
 from langchain_core.messages import BaseMessage
 
 from langchain_qwen_fast._convert import messages_to_dicts
-from langchain_qwen_fast._dispatch.item import Item
+from langchain_qwen_fast._dispatch.item import CHAT, LIST, Item
 from langchain_qwen_fast._qwen import can_render, render_chatml
 
 #: Parameters a ``/v1/completions`` list request can carry with the same meaning as in chat.
@@ -42,6 +42,10 @@ class CallSpec:
     list_key: bytes | None
     list_params: dict[str, Any] | None
     priority: int = 0
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.params.get("max_tokens") or 0)
 
 
 def _merge_template_kwargs(params: dict[str, Any], thinking: bool | None, default: bool) -> bool:
@@ -141,13 +145,16 @@ def build_spec(
 
 def make_item(spec: CallSpec, messages: Sequence[BaseMessage]) -> Item:
     """One input -> Item. Raises ValueError for bad input, before anything is sent."""
-    dicts = messages_to_dicts(messages)
+    return item_of_dicts(spec, messages_to_dicts(messages))
+
+
+def item_of_dicts(spec: CallSpec, dicts: list[dict[str, Any]]) -> Item:
+    """An Item for messages already in the request's form (:func:`messages_to_dicts`'s output)."""
     if spec.list_eligible and can_render(dicts):
         # A list item travels as its prompt plus the shared list parameters; it never needs a chat payload.
         prompt = render_chatml(dicts, enable_thinking=spec.enable_thinking)
-        return Item(payload={}, headers=spec.headers, deadline_s=spec.timeout, model=spec.model, prompt=prompt,
-                    list_key=spec.list_key, list_params=spec.list_params,
-                    est_tokens=len(prompt) // 3 + int(spec.params.get("max_tokens") or 0))
+        return Item(LIST, spec.headers, spec.timeout, spec.model, prompt=prompt, list_key=spec.list_key,
+                    list_params=spec.list_params, est_tokens=len(prompt) // 3 + spec.max_tokens)
     payload = dict(spec.params)
     payload["messages"] = dicts
-    return Item(payload=payload, headers=spec.headers, deadline_s=spec.timeout, model=spec.model)
+    return Item(CHAT, spec.headers, spec.timeout, spec.model, payload=payload)

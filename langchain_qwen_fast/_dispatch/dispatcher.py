@@ -1,23 +1,26 @@
-"""The dispatcher: admission per replica, fair queueing between callers, coalescing, the wire mode.
+"""The dispatcher: admission per replica, fair queueing between callers, lists, the wire mode.
 
 Admission counts *sequences* on the server (one per chat request, one per prompt of a
 ``/v1/completions`` list) and never lets more than a replica's limit run there at once (an optional
-total caps the sum; ``_replicas.py``). What does not fit waits in its caller's flow
-(``_scheduler.py``: one FIFO queue per batch, single call or stream, served in turn by sequences,
-higher priority first), so memory is one small :class:`Item` per pending input and no task per
-item. A pump moves items whenever capacity frees up:
+total caps the sum; ``_upstream/replicas.py``). What does not fit waits in its caller's flow
+(``scheduler.py``: one FIFO queue per batch, single call or stream, served in turn by sequences,
+higher priority first), so memory is one small :class:`~item.Item` per pending input and no task per
+item. A pump moves items whenever capacity frees up, one grant at a time: :meth:`Dispatcher._next_grant`
+decides whose turn it is and which replica takes it (or why nothing can go now), :meth:`Dispatcher._send`
+sends it according to the head item's kind:
 
-- chat items (and streams) go out one request each, at once, to the replica routing picks;
-- completions items coalesce into a list of up to ``max_batch_size`` prompts with the same
-  sampling parameters (from their own flow first, then from other flows), capped by
-  ``max_batch_tokens`` and the chosen replica's free capacity; the list goes whole to that one
-  replica. An idle dispatcher sends at once (no added latency); a busy one waits up to
+- a chat item goes out as one request, at once, to the replica routing picks; a stream item is handed the
+  admission (its owner sends the request);
+- a list item heads a ``/v1/completions`` list of up to ``max_batch_size`` prompts that share its list key
+  (sampling parameters, headers, deadline), from its own flow first, then from other flows, capped by
+  ``max_batch_tokens`` and the chosen replica's free capacity (:class:`_ListRule`); the list goes whole to
+  that one replica. An idle dispatcher sends at once (no added latency); a busy one waits up to
   ``max_wait_ms`` for a list to fill.
 
 A list the server rejects as a whole (one bad prompt makes vLLM answer 400 for all) is split in
 halves and re-sent until the bad prompt stands alone, so its neighbours still succeed. Every
-task's outcome lands in its items' futures; nothing a task does can raise into the pump, and the
-pump itself logs and carries on, so the dispatcher cannot die (ray#66140). A cancelled future is
+task's outcome reaches its items' sinks exactly once; nothing a task does can raise into the pump, and the
+pump itself logs and carries on, so the dispatcher cannot die (ray#66140). A cancelled item is
 skipped in the queue, and an in-flight request whose every item was cancelled is cancelled
 too (ray#50046: no hang on cancel). When every replica is down, what waits fails at once with
 one error naming each replica.
@@ -28,12 +31,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_qwen_fast._convert import chat_response_to_result, completion_choice_to_result, split_completions
-from langchain_qwen_fast._dispatch.item import Item
+from langchain_qwen_fast._answers import chat_answer, list_answers
+from langchain_qwen_fast._dispatch.item import LIST, STREAM, Item
 from langchain_qwen_fast._dispatch.scheduler import Flow, FlowPolicy, Scheduler
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
 from langchain_qwen_fast._stats import DispatchStats
@@ -43,12 +46,11 @@ from langchain_qwen_fast._upstream.transport import Transport, deadline_for
 
 log = logging.getLogger("langchain_qwen_fast")
 _SPLITTABLE = (BadRequestError, ContextLengthError)
-_DONE_PAYLOAD: dict[str, Any] = {}  # what a finished Item keeps instead of its request body
 
 
 @dataclass(frozen=True)
 class DispatchConfig:
-    """How lists are formed. Admission limits live with the replicas (``_replicas.ReplicaSet``)."""
+    """How lists are formed. Admission limits live with the replicas (``_upstream.replicas.ReplicaSet``)."""
 
     max_batch_size: int = 32
     max_wait_ms: float = 2.0
@@ -58,6 +60,35 @@ class DispatchConfig:
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_wait_ms < 0:
             raise ValueError("max_batch_size and max_batch_tokens must be >= 1 and max_wait_ms >= 0")
+
+
+@dataclass(slots=True)
+class _Grant:
+    """The pump's decision: ``flow``'s head goes to ``replica`` now."""
+
+    flow: Flow
+    head: Item
+    replica: Replica
+
+
+class _ListRule:
+    """Which queued items may ride in the list ``head`` heads: a list item with the same list key (sampling
+    parameters, headers, deadline: two instances with different api keys share a dispatcher, never a request),
+    within the token cap, and, with prefix affinity, one whose prefix lives on the replica chosen (or that has no
+    shared part): a list of 32 prompts with mixed system prompts would scatter every prefix over every replica."""
+
+    __slots__ = ("accept", "cap", "key", "tokens")
+
+    def __init__(self, head: Item, cap: int, accept: Callable[[Item], bool] | None) -> None:
+        self.key, self.tokens, self.cap, self.accept = head.list_key, head.est_tokens, cap, accept
+
+    def __call__(self, it: Item) -> bool:
+        if it.kind != LIST or it.list_key != self.key or self.tokens + it.est_tokens > self.cap:
+            return False
+        if self.accept is not None and not self.accept(it):
+            return False
+        self.tokens += it.est_tokens
+        return True
 
 
 class Dispatcher:
@@ -70,8 +101,7 @@ class Dispatcher:
         self.stats = DispatchStats()
         self.max_inflight_seen = 0
         self.closed = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._task_items: dict[asyncio.Task[Any], list[Item]] = {}  # list requests only
+        self._tasks: dict[asyncio.Task[Any], list[Item]] = {}  # request -> the items it carries
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
@@ -82,44 +112,66 @@ class Dispatcher:
         return self.replicas.inflight
 
     # -- entry points (called on the runtime loop) -----------------------------------------
-    def submit(self, item: Item, flow: Flow | None = None) -> asyncio.Future[Any]:
-        """Queue ``item`` in ``flow`` (a flow of its own when none is given)."""
-        flow = flow or Flow("single")
-        loop = self._loop or asyncio.get_running_loop()
-        self._loop = loop
-        item.future = loop.create_future()
+    def submit(self, items: Iterable[Item], flow: Flow) -> None:
+        """Queue ``items`` (each with its ``sink`` set) in ``flow``; every one hears its outcome once."""
+        self._loop = self._loop or asyncio.get_running_loop()
         if self.closed:
-            item.future.set_exception(ClientClosedError("the model's pool is closed"))
-            return item.future
-        item.enqueued = time.monotonic()
-        item.flow = flow
+            err = ClientClosedError("the model's pool is closed")
+            for it in items:
+                self._deliver(it, None, err)
+            return
+        now = time.monotonic()
         if not flow.bulk:
             self.replicas.interactive_seen()
-        self.stats.items += 1
-        item.future.add_done_callback(lambda f, it=item: self._on_item_done(it, f))  # type: ignore[misc]
-        self.sched.push(flow, item)
+        push, n = self.sched.push, 0
+        for it in items:
+            it.enqueued, it.flow = now, flow
+            push(flow, it)
+            n += 1
+        self.stats.items += n
         self._wake()
-        return item.future
+
+    def cancel(self, items: Iterable[Item]) -> None:
+        """The caller left: drop these items (their sinks hear ``CancelledError``), and cancel a request on the wire
+        when nobody else waits on it, so a list whose callers all left does not hold its slots until it ends."""
+        for it in items:
+            if it.done:
+                continue
+            self._settle(it, exc=asyncio.CancelledError())
+            task = it.task
+            if task is not None and not task.done() and all(o.done for o in self._tasks.get(task, ())):
+                task.cancel()
 
     def cancel_flow(self, flow: Flow) -> None:
         """Drop what ``flow`` still has queued, at once (a caller that left)."""
-        for it in self.sched.drop(flow):
-            if not it.future.done():
-                it.future.cancel()
+        self.cancel(self.sched.drop(flow))
 
     async def stream(
         self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], timeout: float | None, flow: Flow
     ) -> AsyncIterator[dict[str, Any]]:
         """One streamed request: wait for admission in ``flow``, stream from the replica chosen, release."""
-        item = Item(payload={}, headers={}, deadline_s=None, model="", stream_slot=True)
-        fut = self.submit(item, flow)
+        granted: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+
+        def on_grant(it: Item, lease: Any, exc: BaseException | None) -> None:
+            if granted.done():  # the waiter left after the grant was made: nobody else would release it
+                if lease is not None:
+                    self._release(lease)
+            elif exc is not None:
+                granted.set_exception(exc)
+            else:
+                granted.set_result(lease)
+
+        item = Item(STREAM, headers, timeout, "", sink=on_grant)
+        self.submit((item,), flow)
         try:
-            lease: Lease = await fut
+            lease = await granted
         except asyncio.CancelledError:
-            # Cancelled after the pump admitted us but before this task resumed: the slot was
-            # counted, and nobody else would release it (a permanent leak of admission capacity).
-            if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release(fut.result())
+            # Still queued: it leaves the queue. Granted after the waiter left: on_grant released it. Granted just
+            # before the waiter was cancelled (the result set, the resume not yet run): release it here, or the
+            # slot would stay counted for good.
+            self.cancel((item,))
+            if granted.done() and not granted.cancelled() and granted.exception() is None:
+                self._release(granted.result())
             raise
         try:
             async for event in self.transport.stream_events(path, payload, headers, deadline_for(timeout), timeout,
@@ -137,66 +189,74 @@ class Dispatcher:
     def _pump(self) -> None:
         self._pump_scheduled = False
         try:
-            self._pump_inner()
+            if self.sched and self.replicas.all_down():
+                self._hold_or_fail_all()
+                return
+            while self.sched and (grant := self._next_grant()) is not None:
+                self._send(grant)
         except Exception:  # pragma: no cover - a bug here must not stop the dispatcher
             log.exception("qwen-fast dispatcher pump failed; continuing")
 
-    def _pump_inner(self) -> None:
-        sched, reps, cfg = self.sched, self.replicas, self.config
-        if sched and reps.all_down():
-            left = reps.fail_fast_in()
-            if left:  # every replica went down just now: hold the queue briefly for a probe to succeed
-                self._arm_timer(left)
-                return
-            err = reps.down_error()
-            for it in sched.drain():
-                self._settle(it, exc=err)
+    def _hold_or_fail_all(self) -> None:
+        """Every replica is down: hold the queue briefly for a probe to bring one back, then fail what waits."""
+        left = self.replicas.fail_fast_in()
+        if left:
+            self._arm_timer(left)
             return
-        while sched:
-            flow = sched.current()
-            if flow is None:
-                return
-            head = sched.head(flow)
-            assert head is not None  # current() only returns flows with a live head
-            rep = reps.choose(flow.bulk, self._keys(head))
-            if rep is None and flow.bulk and reps.headroom:  # bulk is full: single calls may use the headroom
-                alt = sched.current(accept=lambda f: not f.bulk)
-                if alt is not None:
-                    flow, head = alt, sched.head(alt)
-                    assert head is not None
-                    rep = reps.choose(False, self._keys(head))
-            if rep is None:  # no capacity: a release wakes us; a 503 pause ends by the clock
-                reopen = reps.next_open_at()
-                if reopen is not None:
-                    self._arm_timer(reopen - time.monotonic())
-                return
-            if head.prompt is None:
-                sched.pop(flow)
-                sched.charge(flow, 1)
-                lease = self._admit(rep, [head])
-                if head.stream_slot:
-                    head.future.set_result(lease)
-                else:
-                    self._spawn(self._run_chat(head, lease), [head], lease)
-                continue
-            if self.inflight > 0 and len(sched) < cfg.max_batch_size:
-                wait = head.enqueued + cfg.max_wait_ms / 1000.0 - time.monotonic()
-                if wait > 0:
-                    self._arm_timer(wait)
-                    return
-            limit = min(cfg.max_batch_size, reps.free(rep, flow.bulk))
-            # With prefix affinity a list takes only prompts whose prefixes live on the replica chosen for
-            # it: a list of 32 prompts with mixed system prompts would scatter every prefix over every replica.
-            accept = (lambda it, r=rep: reps.belongs(r, self._keys(it))) if reps.affinity else None
-            batch = sched.collect(flow, limit, cfg.max_batch_tokens, 4 * cfg.max_batch_size, accept)
-            lease = self._admit(rep, batch)
-            self._spawn(self._run_list(batch, lease), batch, lease)
+        err = self.replicas.down_error()
+        for it in self.sched.drain():
+            self._settle(it, exc=err)
+
+    def _next_grant(self) -> _Grant | None:
+        """Whose turn it is and which replica takes it; None when nothing can go now (then a release, a
+        probe or the timer armed here wakes the pump again)."""
+        sched, reps = self.sched, self.replicas
+        flow = sched.current()
+        if flow is None:
+            return None
+        head = sched.head(flow)
+        assert head is not None  # current() only returns flows with a live head
+        rep = reps.choose(flow.bulk, self._keys(head))
+        if rep is None and flow.bulk and reps.headroom:  # bulk is full: single calls may use the headroom
+            alt = sched.current(accept=lambda f: not f.bulk)
+            if alt is not None:
+                flow, head = alt, sched.head(alt)
+                assert head is not None
+                rep = reps.choose(False, self._keys(head))
+        if rep is None:  # no capacity: a release wakes us; a 503 pause ends by the clock
+            reopen = reps.next_open_at()
+            if reopen is not None:
+                self._arm_timer(reopen - time.monotonic())
+            return None
+        if head.kind == LIST and self.inflight > 0 and len(sched) < self.config.max_batch_size:
+            wait = head.enqueued + self.config.max_wait_ms / 1000.0 - time.monotonic()
+            if wait > 0:  # busy and the list is not full yet: wait a little for it to fill
+                self._arm_timer(wait)
+                return None
+        return _Grant(flow, head, rep)
+
+    def _send(self, g: _Grant) -> None:
+        """Admit the grant's items on its replica and start what carries them."""
+        if g.head.kind != LIST:
+            item = self.sched.pop(g.flow)
+            lease = self._admit(g.replica, [item])
+            if item.kind == STREAM:
+                self._settle(item, lease)
+            else:
+                self._spawn(self._run_chat(item, lease), [item], lease)
+            return
+        cfg, reps = self.config, self.replicas
+        accept = (lambda it, r=g.replica: reps.belongs(r, self._keys(it))) if reps.affinity else None
+        members = self.sched.take(g.flow, min(cfg.max_batch_size, reps.free(g.replica, g.flow.bulk)),
+                                  4 * cfg.max_batch_size, _ListRule(g.head, cfg.max_batch_tokens, accept))
+        lease = self._admit(g.replica, members)
+        self._spawn(self._run_list(members, lease), members, lease)
 
     def _keys(self, item: Item) -> tuple[int, ...]:
         if not self.replicas.affinity:
             return ()
         if item.pkeys is None:
-            item.pkeys = prefix_keys(item.prompt, None if item.prompt is not None else item.payload.get("messages"))
+            item.pkeys = prefix_keys(item.prompt, (item.payload or {}).get("messages") if item.prompt is None else None)
         return item.pkeys
 
     def _arm_timer(self, delay: float) -> None:
@@ -216,9 +276,7 @@ class Dispatcher:
         self._timer = self._loop.call_later(max(0.0, delay), fire)
 
     def _admit(self, rep: Replica, items: list[Item]) -> Lease:
-        now = time.monotonic()
-        for it in items:
-            self.stats.waited(now - it.enqueued, it.flow)
+        self.stats.waited(time.monotonic(), items)
         lease = self.replicas.admit(rep, len(items))
         self.max_inflight_seen = max(self.max_inflight_seen, self.inflight)
         return lease
@@ -230,87 +288,70 @@ class Dispatcher:
 
     def _spawn(self, coro: Any, items: list[Item], lease: Lease) -> None:
         task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        if len(items) > 1:
-            self._task_items[task] = items
+        self._tasks[task] = items
         # Accounting lives in a done-callback, not in the coroutine's ``finally``: a task cancelled
         # before its first step (close() right after the pump spawned it) never runs its body,
         # and its items would wait forever while their slots stayed taken.
-        task.add_done_callback(lambda t, its=items, ls=lease: self._on_task_done(t, its, ls))  # type: ignore[misc]
+        task.add_done_callback(lambda t, ls=lease: self._on_task_done(t, ls))  # type: ignore[misc]
         for it in items:
             it.task = task
 
-    def _on_task_done(self, task: asyncio.Task[Any], items: list[Item], lease: Lease) -> None:
-        self._tasks.discard(task)
-        self._task_items.pop(task, None)
-        for it in items:
-            if it.future.done():
+    def _on_task_done(self, task: asyncio.Task[Any], lease: Lease) -> None:
+        for it in self._tasks.pop(task, ()):
+            if it.done:
                 continue
             if task.cancelled():
                 self._abandon(it)
             else:  # the coroutine ended without an outcome for this item: a bug, but never a hang
-                exc = task.exception() or RuntimeError("qwen-fast: the request ended without a result")
-                self._settle(it, exc=exc)
+                self._settle(it, exc=task.exception() or RuntimeError("qwen-fast: the request ended without a result"))
         self._release(lease)
 
-    def _on_item_done(self, item: Item, fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled():
+    # -- outcomes ----------------------------------------------------------------------------
+    def _settle(self, item: Item, result: Any = None, exc: BaseException | None = None) -> None:
+        """Deliver ``item``'s outcome to its sink, once: a cancelled item's late answer is discarded."""
+        if item.done:
+            return
+        if isinstance(exc, asyncio.CancelledError):
             self.stats.cancelled += 1
-            task = item.task
-            # Cancel the HTTP request only when nobody else waits on it (a list may carry others):
-            # otherwise a list whose callers all left would hold its admission slots until the
-            # server answered or the deadline passed.
-            if task is not None and not task.done():
-                others = self._task_items.get(task, ())
-                if all(it.future.done() for it in others):
-                    task.cancel()
         else:
             self.stats.item_latency.add(time.monotonic() - item.enqueued)
-            if fut.exception() is not None:
+            if exc is not None:
                 self.stats.items_failed += 1
+        self._deliver(item, result, exc)
+
+    @staticmethod
+    def _deliver(item: Item, result: Any, exc: BaseException | None) -> None:
+        item.done = True
         # The request body is never needed again; drop it now (100k pending items: ~1 KB each).
-        item.payload = _DONE_PAYLOAD
-        if item.prompt is not None:
-            item.prompt = ""
-
-    # -- the work ----------------------------------------------------------------------------
-    @staticmethod
-    def _deadline(items: list[Item]) -> tuple[float, float | None]:
-        timeout = items[0].deadline_s
-        return deadline_for(timeout), timeout
-
-    @staticmethod
-    def _settle(item: Item, result: Any = None, exc: BaseException | None = None) -> None:
-        if item.future.done():
-            return  # cancelled meanwhile: the answer is discarded, never delivered twice
-        if exc is not None:
-            item.future.set_exception(exc)
-        else:
-            item.future.set_result(result)
+        item.payload = item.prompt = None
+        sink = item.sink
+        if sink is not None:
+            try:
+                sink(item, result, exc)
+            except Exception:  # a broken sink must not stop the dispatcher or the items after it
+                log.exception("qwen-fast result sink failed")
 
     def _abandon(self, item: Item) -> None:
-        """The request was cancelled: by its caller (cancel the future) or by close() (say so)."""
-        if item.future.done():
-            return
+        """The request was cancelled: by its caller (cancel the item) or by close() (say so)."""
         if self.closed:
-            item.future.set_exception(ClientClosedError("the model was closed while this call was in flight"))
+            self._settle(item, exc=ClientClosedError("the model was closed while this call was in flight"))
         else:
-            item.future.cancel()
+            self._settle(item, exc=asyncio.CancelledError())
 
+    # -- the work ----------------------------------------------------------------------------
     async def _run_chat(self, item: Item, lease: Lease) -> None:
-        deadline, timeout = self._deadline([item])
+        timeout, model = item.deadline_s, item.model
         try:
-            resp = await self.transport.post_json("/chat/completions", item.payload, item.headers, deadline, timeout,
-                                                  lease)
-            self._settle(item, chat_response_to_result(resp, item.model))
+            resp = await self.transport.post_json("/chat/completions", item.payload or {}, item.headers,
+                                                  deadline_for(timeout), timeout, lease)
+            self._settle(item, chat_answer(resp, model))
         except asyncio.CancelledError:
             self._abandon(item)
             raise
         except Exception as e:
             self._settle(item, exc=e)
         finally:
-            self.stats.batches += 1
-            self.stats.batch_sizes[1] += 1
+            self.stats.sent(1)
 
     async def _run_list(self, items: list[Item], lease: Lease) -> None:
         try:
@@ -325,19 +366,20 @@ class Dispatcher:
                 raise
 
     async def _send_list(self, items: list[Item], lease: Lease) -> None:
-        live = [it for it in items if not it.future.done()]
+        live = [it for it in items if not it.done]
         if not live:
             return
-        self.stats.batches += 1
-        self.stats.batch_sizes[len(live)] += 1
-        payload = dict(live[0].list_params or {})
-        payload["prompt"] = [it.prompt for it in live] if len(live) > 1 else live[0].prompt
-        deadline, timeout = self._deadline(live)
+        self.stats.sent(len(live))
+        head = live[0]
+        payload = dict(head.list_params or {})
+        payload["prompt"] = [it.prompt for it in live] if len(live) > 1 else head.prompt
+        timeout = head.deadline_s
         try:
-            resp = await self.transport.post_json("/completions", payload, live[0].headers, deadline, timeout, lease)
+            resp = await self.transport.post_json("/completions", payload, head.headers, deadline_for(timeout),
+                                                  timeout, lease)
         except _SPLITTABLE as e:
             if len(live) == 1:
-                self._settle(live[0], exc=e)
+                self._settle(head, exc=e)
                 return
             self.stats.splits += 1
             mid = len(live) // 2
@@ -348,13 +390,13 @@ class Dispatcher:
                 self._settle(it, exc=e)
             return
         try:
-            parts = split_completions(resp, len(live))
+            answers = list_answers(resp, len(live), head.model)
         except Exception as e:
             for it in live:
                 self._settle(it, exc=e)
             return
-        for it, (choice, usage) in zip(live, parts, strict=True):
-            self._settle(it, completion_choice_to_result(resp, choice, usage, it.model))
+        for it, answer in zip(live, answers, strict=True):
+            self._settle(it, answer)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -376,7 +418,8 @@ class Dispatcher:
         err = ClientClosedError("the model was closed while this call was pending")
         for it in self.sched.drain():
             self._settle(it, exc=err)
-        for task in list(self._tasks):
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.transport.aclose()

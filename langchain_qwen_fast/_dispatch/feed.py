@@ -1,12 +1,11 @@
 """One caller's batch on its way into the dispatcher: fed as it is prepared, at most ``limit`` at a time.
 
-Apart from ``_batcher.py`` because it is the caller's side of the queue (what one batch has handed over
+Apart from ``dispatcher.py`` because it is the caller's side of the queue (what one batch has handed over
 and what it still holds back), not the dispatcher's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -23,9 +22,9 @@ class Submission:
     """One caller's batch (one flow), fed to the dispatcher as it arrives and at most ``limit`` items at a time.
 
     ``add`` may be called several times: a large batch is prepared in chunks, and the first
-    requests go out while later inputs are still being prepared. ``on_result(index, result,
-    exception)`` fires once per item, in completion order; ``index`` counts across all ``add`` calls.
-    Only what has no outcome yet is kept: a finished item is dropped at once.
+    requests go out while later inputs are still being prepared. ``on_result(tag, result,
+    exception)`` fires once per item, in completion order, where ``tag`` is the item's own (the caller
+    numbers its items). Only what has no outcome yet is kept: a finished item is dropped at once.
     """
 
     def __init__(
@@ -34,45 +33,44 @@ class Submission:
     ) -> None:
         self.dispatcher, self.on_result, self.flow = dispatcher, on_result, flow
         self.limit = limit if limit and limit > 0 else None
-        self._waiting: deque[tuple[int, Item]] = deque()  # added, not yet handed to the dispatcher
-        self._live: dict[int, Item] = {}  # handed over, no outcome yet
-        self._count = 0
+        self._waiting: deque[Item] = deque()  # added, not yet handed to the dispatcher
+        self._live: dict[int, Item] = {}  # handed over, no outcome yet (by tag)
         self.cancelled = False
 
     def add(self, items: list[Item]) -> None:
         if self.cancelled:  # the caller has gone; nobody would read these results
             return
         for it in items:
-            self._waiting.append((self._count, it))
-            self._count += 1
-        self._fill()
+            it.sink = self._done
+        if self.limit is None and not self._waiting:
+            self._hand_over(items)
+        else:
+            self._waiting.extend(items)
+            self._fill()
 
     def _fill(self) -> None:
-        while self._waiting and (self.limit is None or len(self._live) < self.limit):
-            i, item = self._waiting.popleft()
-            self._live[i] = item
-            fut = self.dispatcher.submit(item, self.flow)
-            fut.add_done_callback(lambda f, i=i: self._done(i, f))  # type: ignore[misc]
+        room = len(self._waiting) if self.limit is None else self.limit - len(self._live)
+        if room > 0 and self._waiting:
+            w = self._waiting
+            self._hand_over([w.popleft() for _ in range(min(room, len(w)))])
 
-    def _done(self, index: int, fut: asyncio.Future[Any]) -> None:
-        self._live.pop(index, None)
-        if fut.cancelled():
-            exc: BaseException | None = asyncio.CancelledError()
-            result = None
-        else:
-            exc = fut.exception()
-            result = None if exc else fut.result()
+    def _hand_over(self, items: list[Item]) -> None:
+        live = self._live
+        for it in items:
+            live[it.tag] = it
+        self.dispatcher.submit(items, self.flow)
+
+    def _done(self, item: Item, result: Any, exc: BaseException | None) -> None:
+        self._live.pop(item.tag, None)
         try:
-            self.on_result(index, result, exc)
+            self.on_result(item.tag, result, exc)
         except Exception:  # a broken sink must not stop the feed
             log.exception("qwen-fast result sink failed")
-        if not self.cancelled:
+        if self._waiting and not self.cancelled:
             self._fill()
 
     def cancel(self) -> None:
         self.cancelled = True
         self._waiting.clear()
         self.dispatcher.cancel_flow(self.flow)
-        for it in list(self._live.values()):
-            if not it.future.done():
-                it.future.cancel()
+        self.dispatcher.cancel(list(self._live.values()))

@@ -1,35 +1,57 @@
-"""One input on its way through the dispatcher: what it sends, where its answer goes, which flow it waits in.
+"""One input on its way through the dispatcher: what it sends, who hears its outcome, which flow it waits in.
 
-A module of its own so that the scheduler (which queues items) and the call layer (which makes them)
-need not import the dispatcher.
+An item is one of three kinds, fixed when it is made, and the dispatcher treats each its own way:
+
+- ``LIST``: a rendered prompt that may share a ``/v1/completions`` list with items of the same list key;
+- ``CHAT``: one ``/v1/chat/completions`` request body (tools, structured output, anything a list cannot carry);
+- ``STREAM``: a slot for one streamed request; its outcome is the ``Lease`` it was admitted on, and the stream's
+  owner sends the request itself.
+
+Its outcome goes to ``sink(item, result, exception)``, called once on the runtime loop (never twice: ``done`` is
+set first). No ``asyncio.Future`` per item: a batch of 100,000 inputs would make 100,000 futures and schedule two
+callbacks on each, which cost more loop time than the HTTP work of the lists that carry them.
+
+A module of its own so that the scheduler (which queues items) and the call layer (which makes them) need not
+import the dispatcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from langchain_qwen_fast._dispatch.scheduler import Flow
 
+LIST: Final = "list"
+CHAT: Final = "chat"
+STREAM: Final = "stream"
+
+#: Hears an item's outcome: ``(item, result, None)`` or ``(item, None, exception)``; a cancelled item gets
+#: ``asyncio.CancelledError``.
+Sink = Callable[["Item", Any, "BaseException | None"], None]
+
 
 @dataclass(eq=False, slots=True)
 class Item:
-    """One input on its way: the chat payload, or the rendered prompt when a list may carry it."""
+    """One input: its kind, what it sends, and the dispatcher's bookkeeping while it waits or runs."""
 
-    payload: dict[str, Any]
+    kind: str
     headers: Mapping[str, str]
     deadline_s: float | None
     model: str
-    prompt: str | None = None
-    list_key: bytes | None = None  # completions items with equal list keys may share a list
-    list_params: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None  # CHAT: the request body
+    prompt: str | None = None  # LIST: the rendered prompt
+    list_key: bytes | None = None  # LIST: items with equal list keys may share a list
+    list_params: dict[str, Any] | None = None  # LIST: the list request's parameters
     est_tokens: int = 0
-    stream_slot: bool = False
-    future: asyncio.Future[Any] = field(default=None)  # type: ignore[arg-type]  # set by submit()
-    enqueued: float = 0.0
-    task: asyncio.Task[Any] | None = None
+    # -- set when submitted ---------------------------------------------------------------
+    sink: Sink | None = None
+    tag: int = 0  # the submitter's number for this item
     flow: Flow | None = None
+    enqueued: float = 0.0
+    task: asyncio.Task[Any] | None = None  # the request carrying it, once sent
     pkeys: tuple[int, ...] | None = None  # prefix hashes, computed once when routing by prefix affinity
+    done: bool = False  # its outcome was delivered (or it was cancelled)

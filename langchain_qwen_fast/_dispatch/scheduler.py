@@ -64,17 +64,29 @@ class Flow:
         return self.kind == "batch"
 
 
+#: How many other flows' heads a list may be topped up from. One pump step stays bounded however many callers
+#: wait (a flow per thread calling ``invoke``: hundreds), while two full rounds of 32 single calls still fit.
+OTHER_FLOWS = 64
+
+
 class Scheduler:
+    """Whose turn it is, and the queued items on offer. Which items may share a list is the dispatcher's rule
+    (``take`` asks it through ``fits``); the scheduler only keeps order, turns and its count of queued items,
+    which changes in ``_queued`` alone."""
+
     def __init__(self, policy: FlowPolicy | None = None) -> None:
         self.policy = policy or FlowPolicy()
         self._rings: dict[int, deque[Flow]] = {}
         self._skipped: dict[int, int] = {}  # grants given to higher levels while this one waited
         self.queued = 0  # items in every flow's queue (cancelled ones until they are dropped)
 
+    def _queued(self, delta: int) -> None:
+        self.queued += delta
+
     # -- queueing ------------------------------------------------------------------------------
     def push(self, flow: Flow, item: Item) -> None:
         flow.queue.append(item)
-        self.queued += 1
+        self._queued(1)
         if not flow.in_ring:
             flow.in_ring = True
             flow.deficit = self.policy.quantum
@@ -88,11 +100,14 @@ class Scheduler:
         return self.queued
 
     def head(self, flow: Flow) -> Item | None:
-        """The first item of ``flow`` still waited for (cancelled ones are dropped here)."""
+        """The first item of ``flow`` still waited for (finished and cancelled ones are dropped here)."""
         q = flow.queue
-        while q and q[0].future.done():
+        dropped = 0
+        while q and q[0].done:
             q.popleft()
-            self.queued -= 1
+            dropped += 1
+        if dropped:
+            self._queued(-dropped)
         return q[0] if q else None
 
     def flows(self) -> Iterator[Flow]:
@@ -144,70 +159,67 @@ class Scheduler:
 
     # -- taking items ------------------------------------------------------------------------------
     def pop(self, flow: Flow) -> Item:
-        self.queued -= 1
-        return flow.queue.popleft()
+        """The head of ``flow`` (after :meth:`head` found it), charged one sequence."""
+        item = flow.queue.popleft()
+        self._queued(-1)
+        self.charge(flow, 1)
+        return item
 
-    def collect(
-        self, flow: Flow, limit: int, token_cap: int, window: int, accept: Callable[[Item], bool] | None = None
-    ) -> list[Item]:
-        """The head of ``flow`` plus later items with its list key (and that ``accept`` takes, when given):
-        first from ``flow`` (scanning at most ``window`` items, order kept for the ones skipped), then from
-        the heads of other flows."""
+    def take(self, flow: Flow, limit: int, window: int, fits: Callable[[Item], bool]) -> list[Item]:
+        """The head of ``flow``, then up to ``limit`` items in all that ``fits`` accepts: later items of ``flow``
+        (at most ``window`` looked at; the ones passed over keep their order), then the heads of other flows (at
+        most :data:`OTHER_FLOWS` of them), each flow charged for what it gave. ``fits`` is asked once per
+        candidate, in order, and every item it accepts is taken."""
         q = flow.queue
         before = len(q)
-        head = q.popleft()
-        batch, tokens = [head], head.est_tokens
-        key = head.list_key
-
-        def fits(it: Item) -> bool:  # may ride in this list: same key, a prompt, within the token cap
-            return (it.list_key == key and it.prompt is not None and tokens + it.est_tokens <= token_cap
-                    and (accept is None or accept(it)))
-
-        skipped: list[Item] = []
-        scanned = 0
-        while q and len(batch) < limit and scanned < window:
+        taken = [q.popleft()]
+        passed: list[Item] = []
+        looked = 0
+        while q and len(taken) < limit and looked < window:
             it = q.popleft()
-            scanned += 1
-            if it.future.done():
+            looked += 1
+            if it.done:
                 continue
             if fits(it):
-                batch.append(it)
-                tokens += it.est_tokens
+                taken.append(it)
             else:
-                skipped.append(it)
-        q.extendleft(reversed(skipped))
-        self.queued -= before - len(q)
-        self.charge(flow, len(batch))
-        if len(batch) >= limit:
-            return batch
-        # A bounded snapshot: charging a flow may rotate its ring.
-        others = [f for f in itertools.islice(self.flows(), 65) if f is not flow]
-        for other in others:
-            if len(batch) >= limit:
-                break
-            taken = 0
-            oq = other.queue
-            while oq and len(batch) < limit:
-                it = oq[0]
-                if it.future.done():
-                    oq.popleft()
-                    self.queued -= 1
-                    continue
-                if not fits(it):
+                passed.append(it)
+        q.extendleft(reversed(passed))
+        self._queued(len(q) - before)
+        self.charge(flow, len(taken))
+        if len(taken) < limit:
+            # A bounded snapshot: charging a flow may rotate its ring.
+            others = [f for f in itertools.islice(self.flows(), OTHER_FLOWS + 1) if f is not flow]
+            for other in others[:OTHER_FLOWS]:
+                if len(taken) >= limit:
                     break
-                batch.append(oq.popleft())
-                self.queued -= 1
-                tokens += it.est_tokens
-                taken += 1
-            if taken:
-                self.charge(other, taken, served=False)
-        return batch
+                got = self._take_heads(other, limit - len(taken), fits)
+                if got:
+                    taken.extend(got)
+                    self.charge(other, len(got), served=False)
+        return taken
+
+    def _take_heads(self, flow: Flow, limit: int, fits: Callable[[Item], bool]) -> list[Item]:
+        """Leading items of ``flow`` that ``fits`` accepts, up to ``limit``; stops at the first it refuses."""
+        q = flow.queue
+        before = len(q)
+        got: list[Item] = []
+        while q and len(got) < limit:
+            it = q[0]
+            if it.done:
+                q.popleft()
+                continue
+            if not fits(it):
+                break
+            got.append(q.popleft())
+        self._queued(len(q) - before)
+        return got
 
     def drop(self, flow: Flow) -> list[Item]:
         """Empty a cancelled flow's queue at once; the caller settles the items returned."""
         items = list(flow.queue)
         flow.queue.clear()
-        self.queued -= len(items)
+        self._queued(-len(items))
         return items
 
     def drain(self) -> list[Item]:
@@ -219,7 +231,7 @@ class Scheduler:
             f.in_ring = False
         self._rings.clear()
         self._skipped.clear()
-        self.queued = 0
+        self._queued(-self.queued)
         return items
 
     def snapshot(self) -> dict[str, Any]:

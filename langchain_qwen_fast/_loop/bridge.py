@@ -63,9 +63,9 @@ class _Coalesce:
 
 
 class _Run:
-    """One batch on its way: ``add`` hands a chunk of items over (they start at once); leaving
-    before every result was read (an exception, KeyboardInterrupt, a cancelled task) cancels what
-    has not finished."""
+    """One batch on its way: ``add`` hands a chunk of items over (they start at once; each keeps the
+    ``tag`` its caller gave it, and its result comes back with that tag); leaving before every result
+    was read (an exception, KeyboardInterrupt, a cancelled task) cancels what has not finished."""
 
     def __init__(
         self, rt: Runtime, disp: Dispatcher, limit: int | None, deliver: Callable[[list[Triple]], None], flow: Flow
@@ -128,6 +128,7 @@ class ABatchRun(_Run):
 
 
 def call_one(rt: Runtime, disp: Dispatcher, item: Item, priority: int = 0) -> Any:
+    """One item's result (an ``Answer``), for a blocking caller."""
     with BatchRun(rt, disp, None, Flow("single", priority)) as run:
         run.add([item])
         for _, result, exc in run.results():
@@ -138,6 +139,7 @@ def call_one(rt: Runtime, disp: Dispatcher, item: Item, priority: int = 0) -> An
 
 
 async def acall_one(rt: Runtime, disp: Dispatcher, item: Item, priority: int = 0) -> Any:
+    """One item's result (an ``Answer``), for a caller on any event loop."""
     with ABatchRun(rt, disp, None, Flow("single", priority)) as run:
         run.add([item])
         async for _, result, exc in run.results():

@@ -382,6 +382,7 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
     from langchain_core.messages import HumanMessage
 
     from langchain_qwen_fast._calls.request import make_item
+    from langchain_qwen_fast._dispatch.scheduler import Flow
 
     model = make_model(zero, wire_mode=wire, max_wait_ms=3.5)  # a dispatcher of its own
     rt, disp = model._dispatcher()
@@ -390,7 +391,22 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
     items = [make_item(model._spec(None, {}), [HumanMessage(p)]) for p in prompts]
 
     async def scenario() -> list[Any]:
-        futs = [disp.submit(it) for it in items]
+        loop = asyncio.get_running_loop()
+        futs = [loop.create_future() for _ in items]
+
+        def sink_for(fut: asyncio.Future[Any]) -> Any:
+            def sink(_item: Any, result: Any, exc: BaseException | None) -> None:
+                if isinstance(exc, asyncio.CancelledError):
+                    fut.cancel()
+                elif exc is not None:
+                    fut.set_exception(exc)
+                else:
+                    fut.set_result(result)
+            return sink
+
+        for it, fut in zip(items, futs, strict=True):
+            it.sink = sink_for(fut)
+            disp.submit([it], Flow("single"))  # each a call of its own, as invoke submits it
         await asyncio.sleep(0)  # the pump runs and spawns the request task(s); none has started
         tasks = {it.task for it in items}
         assert None not in tasks and not any(t.done() for t in tasks)  # type: ignore[union-attr]

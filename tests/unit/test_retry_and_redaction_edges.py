@@ -11,6 +11,7 @@ import pytest
 from test_streaming import REASONING_STREAM, sse
 
 from langchain_qwen_fast._calls.request import build_spec, make_item
+from langchain_qwen_fast._dispatch.item import LIST
 from langchain_qwen_fast._errors import connection_error
 from langchain_qwen_fast._upstream.transport import parse_retry_after
 
@@ -70,6 +71,6 @@ def test_list_items_carry_no_chat_payload() -> None:
 
     spec = build_spec({"model": "m", "max_tokens": 4}, {}, None, "m", False, "completions", None, {})
     item = make_item(spec, [HumanMessage("hi")])
-    assert item.prompt is not None and item.payload == {}
+    assert item.kind == LIST and item.prompt is not None and item.payload is None
     chat_spec = build_spec({"model": "m", "max_tokens": 4}, {}, None, "m", False, "chat", None, {})
     assert make_item(chat_spec, [HumanMessage("hi")]).payload["messages"] == [{"role": "user", "content": "hi"}]

@@ -1,6 +1,7 @@
-"""``_scheduler.py``: per-flow queues, deficit round robin, priorities (no I/O).
+"""``_dispatch/scheduler.py``: per-flow queues, deficit round robin, priorities; with the dispatcher's list rule
+(which items may share a list) where lists are taken (no I/O).
 
-Covers: _dispatch/scheduler.py, _dispatch/item.py."""
+Covers: _dispatch/scheduler.py, _dispatch/item.py, _dispatch/dispatcher.py."""
 
 from __future__ import annotations
 
@@ -10,18 +11,24 @@ from typing import Any
 
 import pytest
 
-from langchain_qwen_fast._dispatch.item import Item
+from langchain_qwen_fast._dispatch.dispatcher import _ListRule
+from langchain_qwen_fast._dispatch.item import CHAT, LIST, Item
 from langchain_qwen_fast._dispatch.scheduler import Flow, FlowPolicy, Scheduler
 
 
 def items(n: int, loop: asyncio.AbstractEventLoop, key: bytes | None = b"k", tag: str = "") -> list[Item]:
-    out = []
-    for i in range(n):
-        it = Item(payload={}, headers={}, deadline_s=None, model="m", prompt=f"{tag}{i}" if key else None, list_key=key,
-                  est_tokens=10)
-        it.future = loop.create_future()
-        out.append(it)
-    return out
+    """List items with ``key`` (chat items when ``key`` is None), 10 estimated tokens each."""
+    if key is None:
+        return [Item(CHAT, {}, None, "m", payload={}, est_tokens=10) for _ in range(n)]
+    return [Item(LIST, {}, None, "m", prompt=f"{tag}{i}", list_key=key, est_tokens=10) for i in range(n)]
+
+
+def collect(s: Scheduler, flow: Flow, limit: int, token_cap: int, window: int) -> list[Item]:
+    """What the dispatcher takes for a list headed by ``flow``'s head: its list rule offered the scheduler's
+    candidates."""
+    head = s.head(flow)
+    assert head is not None
+    return s.take(flow, limit, window, _ListRule(head, token_cap, None))
 
 
 @pytest.fixture
@@ -37,7 +44,7 @@ def serve(s: Scheduler, rounds: int, size: int = 32) -> list[Flow]:
         f = s.current()
         if f is None:
             break
-        s.collect(f, size, 10**9, 4 * size)
+        collect(s, f, size, 10**9, 4 * size)
         order.append(f)
     return order
 
@@ -79,7 +86,7 @@ def test_small_lists_still_count_as_sequences(loop: Any) -> None:
     for _ in range(40):  # capacity frees 8 at a time
         f = s.current()
         assert f is not None
-        taken[f] += len(s.collect(f, 8, 10**9, 128))
+        taken[f] += len(collect(s, f, 8, 10**9, 128))
     assert taken[a] == taken[b] == 160
 
 
@@ -91,7 +98,7 @@ def test_fifo_is_kept_within_a_flow(loop: Any) -> None:
         s.push(f, it)
     got: list[Item] = []
     while s.current() is not None:
-        got += s.collect(f, 7, 10**9, 28)
+        got += collect(s, f, 7, 10**9, 28)
     assert got == its
 
 
@@ -103,7 +110,7 @@ def test_lists_fill_across_flows_with_the_same_key(loop: Any) -> None:
         s.push(f, it)
     f = s.current()
     assert f is not None
-    assert len(s.collect(f, 32, 10**9, 128)) == 10
+    assert len(collect(s, f, 32, 10**9, 128)) == 10
     assert len(s) == 0
     other = Flow("single")
     (x,) = items(1, loop, key=b"other")
@@ -113,7 +120,7 @@ def test_lists_fill_across_flows_with_the_same_key(loop: Any) -> None:
         s.push(g, it)
     head = s.current()
     assert head is other
-    assert s.collect(head, 32, 10**9, 128) == [x]  # a different key never rides along
+    assert collect(s, head, 32, 10**9, 128) == [x]  # a different key never rides along
 
 
 def test_higher_priority_first_and_lower_never_starves(loop: Any) -> None:
@@ -148,7 +155,7 @@ def test_cancelled_items_are_skipped_and_counted_out(loop: Any) -> None:
     for it in its:
         s.push(f, it)
     for it in its[:4]:
-        it.future.cancel()
+        it.done = True
     assert s.current() is f
     assert s.head(f) is its[4]
     assert len(s) == 6
@@ -169,7 +176,7 @@ def test_filling_a_list_from_flows_that_rotate_is_safe(loop: Any) -> None:
             s.push(f, it)
     f = s.current()
     assert f is not None
-    got = s.collect(f, 15, 10**9, 60)  # takes from every other flow, which charges (and rotates) them
+    got = collect(s, f, 15, 10**9, 60)  # takes from every other flow, which charges (and rotates) them
     assert len(got) == 15 and len(s) == 0
 
 
