@@ -3,6 +3,7 @@
     qwen-fast bench [--rounds 3] [--n 1000] [--base-url URL] [--out qwen-fast-bench]
     qwen-fast bench replicas [options]    # 1 and 3 engines: raw lists vs .batch/.abatch (bench/replicas.py)
     qwen-fast bench fairness [options]    # an interactive caller beside a bulk batch (bench/fairness.py)
+    qwen-fast bench client-cpu [options]  # client CPU per request, before/after trees side by side
 
 In one process run, against one simulator (``--latency h100``, calibrated from the GPU anchors):
 closed-loop scenarios at 128 and 32 max_tokens (sync ``.batch``, ``.abatch``, 32 threads of
@@ -35,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0].replace("``", ""),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="other plans: qwen-fast bench replicas --help (engines per GPU, raw ceiling over each), "
-        "qwen-fast bench fairness --help (an interactive caller beside a bulk batch)",
+        "qwen-fast bench fairness --help (an interactive caller beside a bulk batch), "
+        "qwen-fast bench client-cpu --help (client CPU per request, before/after trees in one run)",
     )
     ap.add_argument(
         "--base-url", metavar="URL", default=None, help="a real OpenAI-compatible server; none: start the simulator"
@@ -56,7 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 #: Other plans, each with its own options (``qwen-fast bench PLAN --help``).
-PLANS = {"replicas": "langchain_qwen_fast.bench.replicas", "fairness": "langchain_qwen_fast.bench.fairness"}
+PLANS = {
+    "replicas": "langchain_qwen_fast.bench.replicas",
+    "fairness": "langchain_qwen_fast.bench.fairness",
+    "client-cpu": "langchain_qwen_fast.bench.client_cpu",
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,14 +6,15 @@ have the ``bench`` modules. So it imports only the package's public names (``Bat
 ``run_batch``), ``langchain_core``, ``langchain_openai``, ``aiohttp``, ``orjson``, pydantic and the standard
 library, and those only inside the builders, once the child has checked which package it imported.
 
-Every scenario makes the same requests: distinct short questions, ``max_tokens`` tokens each with
-``ignore_eos`` (the simulator then answers exactly that many), thinking off, one result or exception per
-prompt (``return_exceptions=True``), so an error is counted, never raised past the measurement.
+Every scenario sends distinct short questions with ``max_tokens`` and ``ignore_eos`` (the simulator then
+answers exactly that many tokens, tool calls and JSON excepted), thinking off, and gets one result or
+exception per prompt (``return_exceptions=True``): an error is counted, never raised past the measurement.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -75,16 +76,39 @@ Run = Callable[[list[str]], list[Any]]
 Check = Callable[[Any], tuple[bool, int]]
 
 
-async def _raw_lists(a: ChildArgs, qs: list[str], per_server: int = 16, size: int = 32) -> list[Any]:
-    import aiohttp
-    import orjson
+class RawLists:
+    """The floor: raw aiohttp ``/v1/completions`` lists of ``size`` ChatML prompts, ``per_server`` lists in flight
+    per server, each list to the server with the fewest lists in flight. One event loop and one ClientSession
+    serve the warm-up and the measured run, so the measured run starts with warm connections, as the package's
+    shared pool does."""
 
-    out: list[Any] = [None] * len(qs)
-    chunks = iter(range(0, len(qs), size))
-    load = dict.fromkeys((u.rstrip("/") for u in a.base_urls), 0)
-    headers = {"Content-Type": "application/json", "Authorization": "Bearer EMPTY"}
-    timeout = aiohttp.ClientTimeout(total=600)
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as s:
+    def __init__(self, a: ChildArgs, per_server: int = 16, size: int = 32) -> None:
+        self.a, self.per_server, self.size = a, per_server, size
+        self.loop = asyncio.new_event_loop()
+        self.session: Any = None
+        atexit.register(self.close)
+
+    def run(self, qs: list[str]) -> list[Any]:
+        return self.loop.run_until_complete(self._run(qs))
+
+    def close(self) -> None:
+        if self.session is not None and not self.loop.is_closed():
+            self.loop.run_until_complete(self.session.close())
+        self.loop.close()
+
+    async def _run(self, qs: list[str]) -> list[Any]:
+        import aiohttp
+        import orjson
+
+        a, size = self.a, self.size
+        if self.session is None:
+            self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                                 timeout=aiohttp.ClientTimeout(total=600))
+        s = self.session
+        out: list[Any] = [None] * len(qs)
+        chunks = iter(range(0, len(qs), size))
+        load = dict.fromkeys((u.rstrip("/") for u in a.base_urls), 0)
+        headers = {"Content-Type": "application/json", "Authorization": "Bearer EMPTY"}
 
         async def worker() -> None:
             for k in chunks:  # the workers share one iterator: each takes the next list when its last one is back
@@ -110,8 +134,8 @@ async def _raw_lists(a: ChildArgs, qs: list[str], per_server: int = 16, size: in
                 finally:
                     load[url] -= 1
 
-        await asyncio.gather(*(worker() for _ in range(per_server * len(load))))
-    return out
+        await asyncio.gather(*(worker() for _ in range(self.per_server * len(load))))
+        return out
 
 
 def _qwen(a: ChildArgs, **kw: Any) -> Any:
@@ -145,7 +169,7 @@ class Scenario:
 
 
 def _raw(a: ChildArgs) -> Scenario:
-    return Scenario(lambda qs: asyncio.run(_raw_lists(a, qs)), lambda r: (isinstance(r, int), r or 0))
+    return Scenario(RawLists(a).run, lambda r: (isinstance(r, int), r or 0))
 
 
 def _plain(a: ChildArgs) -> Scenario:
