@@ -17,8 +17,7 @@ shape.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatResult
@@ -29,8 +28,8 @@ from langchain_qwen_fast._convert import (
     check_shape,
     completion_choice_to_result,
     generation_info,
-    llm_output_of,
     mapping,
+    response_meta,
     split_completions,
     token_usage_of,
     usage_to_metadata,
@@ -39,27 +38,31 @@ from langchain_qwen_fast._convert import (
 LC_ID_PREFIX = "lc_run-"  # langchain_core.utils.utils.LC_ID_PREFIX: message ids are f"{prefix}-{run_id}-{index}"
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """One input's answer: the parsed response (shared by every prompt of a list), this input's choice and usage."""
+class Answer(NamedTuple):
+    """One input's answer: the parsed response (shared by every prompt of a list), this input's choice and usage.
+    A tuple: one is made per input on the loop thread, and a tuple is the cheapest object to make."""
 
     resp: Mapping[str, Any]
     choice: Mapping[str, Any]
     usage: Mapping[str, Any] | None  # chat: the response's; list: this prompt's own share (None: unknown)
     model: str  # the model name to report when the server names none
     chat: bool  # a chat answer (``message``) or one prompt of a completions list (``text``)
+    meta: dict[str, Any]  # the response-level metadata every prompt of the response shares (``response_meta``)
 
 
 def chat_answer(resp: Any, model: str) -> Answer:
     """A ``/v1/chat/completions`` body; ``InvalidResponseError`` when it is not OpenAI-shaped."""
     choices = check_shape(resp)
     usage = resp.get("usage")
-    return Answer(resp, choices[0], mapping(usage, "usage") if usage else None, model, True)
+    return Answer(resp, choices[0], mapping(usage, "usage") if usage else None, model, True,
+                  response_meta(resp, model))
 
 
 def list_answers(resp: Any, n: int, model: str) -> list[Answer]:
     """A ``/v1/completions`` list body, one answer per prompt in order; raises when any prompt has none."""
-    return [Answer(resp, choice, usage, model, False) for choice, usage in split_completions(resp, n)]
+    parts = split_completions(resp, n)
+    meta = response_meta(resp, model)
+    return [Answer(resp, choice, usage, model, False, meta) for choice, usage in parts]
 
 
 def to_result(a: Answer) -> ChatResult:
@@ -89,7 +92,8 @@ def to_message(a: Answer, run_id: Any) -> AIMessage:
             a.chat and len(a.resp["choices"]) > 1):
         return finish(to_result(a), run_id)
     usage = usage_to_metadata(a.usage) if a.usage else None
-    metadata = {**llm_output_of(a.resp, a.model, token_usage_of(a.usage)), **generation_info(a.choice)}
+    # {**llm_output_of(...), **generation_info(...)}, with the part every prompt of the response shares made once
+    metadata = {"token_usage": token_usage_of(a.usage), **a.meta, **generation_info(a.choice)}
     return fast_ai_message(fields["content"], fields.get("additional_kwargs"), metadata,
                            f"{LC_ID_PREFIX}-{run_id}-0", usage)
 

@@ -65,6 +65,9 @@ def can_render(messages: Sequence[Mapping[str, Any]]) -> bool:
     """
     if not messages or messages[-1].get("role") != "user":
         return False
+    if len(messages) == 1:  # the common case, one user turn: the checks below, for it alone
+        m = messages[0]
+        return isinstance(m.get("content"), str) and len(m) == 2
     for i, m in enumerate(messages):
         role = m.get("role")
         if role not in _PLAIN_ROLES or (role == "system" and i != 0):
@@ -88,6 +91,8 @@ def render_chatml(messages: Sequence[Mapping[str, Any]], *, enable_thinking: boo
     Callers must check :func:`can_render` first; anything else goes to the chat endpoint, where
     the server applies its own template.
     """
+    if len(messages) == 1 and messages[0]["role"] == "user":  # the common case: the loop below, unrolled
+        return render_user_text(messages[0]["content"], enable_thinking=enable_thinking)
     last_query = _last_query_index(messages)
     parts: list[str] = []
     for i, m in enumerate(messages):
@@ -105,6 +110,12 @@ def render_chatml(messages: Sequence[Mapping[str, Any]], *, enable_thinking: boo
     if not enable_thinking:
         parts.append(EMPTY_THINK)
     return "".join(parts)
+
+
+def render_user_text(text: str, *, enable_thinking: bool) -> str:
+    """``render_chatml([{"role": "user", "content": text}], ...)``: one user turn, the most common input."""
+    head = f"{IM_START}user\n{text}{IM_END}\n{IM_START}assistant\n"
+    return head if enable_thinking else head + EMPTY_THINK
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 _RING = 8192
@@ -28,6 +28,21 @@ class Ring:
         else:
             self._buf[self._i] = value
             self._i = (self._i + 1) % _RING
+
+    def extend(self, values: list[float]) -> None:
+        """``add`` for each value (a list's items at once)."""
+        self.count += len(values)
+        self.total += sum(values)
+        buf = self._buf
+        room = _RING - len(buf)
+        if room > 0:
+            buf.extend(values[:room])
+            values = values[room:]
+        while values:  # full: overwrite the oldest, in slices up to the end of the buffer
+            k = min(len(values), _RING - self._i)
+            buf[self._i : self._i + k] = values[:k]
+            self._i = (self._i + k) % _RING
+            values = values[k:]
 
     def summary(self) -> dict[str, float | int | None]:
         data = sorted(self._buf)
@@ -89,15 +104,19 @@ class DispatchStats:
         self.flow_wait: defaultdict[str, Ring] = defaultdict(Ring)  # by flow kind: batch, single, stream
         self.priority_wait: defaultdict[int, Ring] = defaultdict(Ring)
 
-    def waited(self, now: float, items: Iterable[Any]) -> None:
+    def waited(self, now: float, items: Sequence[Any]) -> None:
         """Queue wait of items admitted at ``now`` (every queued item has its flow: ``Dispatcher.submit``),
         overall, by its flow's kind and by its priority."""
-        overall = self.queue_wait.add
-        for it in items:
-            seconds, flow = now - it.enqueued, it.flow
-            overall(seconds)
-            self.flow_wait[flow.kind].add(seconds)
-            self.priority_wait[flow.priority].add(seconds)
+        waits = [now - it.enqueued for it in items]
+        self.queue_wait.extend(waits)
+        flow = items[0].flow
+        if all(it.flow is flow for it in items):  # the common case: one flow's items (a list of its own)
+            self.flow_wait[flow.kind].extend(waits)
+            self.priority_wait[flow.priority].extend(waits)
+            return
+        for it, seconds in zip(items, waits, strict=True):
+            self.flow_wait[it.flow.kind].add(seconds)
+            self.priority_wait[it.flow.priority].add(seconds)
 
     def sent(self, prompts: int) -> None:
         """One request went out carrying ``prompts`` prompts."""

@@ -29,7 +29,7 @@ from langchain_core.outputs import LLMResult
 from langchain_core.runnables.config import ensure_config, get_config_list
 
 from langchain_qwen_fast._answers import finish, to_message, to_result
-from langchain_qwen_fast._calls.request import CallSpec, item_of_dicts
+from langchain_qwen_fast._calls.request import CallSpec, item_of_dicts, item_of_text
 from langchain_qwen_fast._convert import messages_to_dicts
 from langchain_qwen_fast._dispatch.dispatcher import Dispatcher
 from langchain_qwen_fast._dispatch.item import Item
@@ -195,13 +195,14 @@ class Prepared:
         inp = self.inputs[i]
         if self._quiet_for(config):
             rec = PreparedInput(i, config, run_id=config.get("run_id") or new_run_id())
-            # The common case, a string, becomes its request message directly: no HumanMessage.
-            dicts = [{"role": "user", "content": inp}] if type(inp) is str else messages_to_dicts(self._messages(inp))
+            if type(inp) is str:  # the common case becomes its request directly: no HumanMessage
+                item = item_of_text(self.spec, inp)
+            else:
+                item = item_of_dicts(self.spec, messages_to_dicts(self._messages(inp)))
         else:
             messages = self._messages(inp)
             rec = PreparedInput(i, config, messages=messages)
-            dicts = messages_to_dicts(messages)
-        item = item_of_dicts(self.spec, dicts)
+            item = item_of_dicts(self.spec, messages_to_dicts(messages))
         item.tag = i
         return rec, item
 

@@ -15,7 +15,7 @@ from langchain_core.messages import BaseMessage
 
 from langchain_qwen_fast._convert import messages_to_dicts
 from langchain_qwen_fast._dispatch.item import CHAT, LIST, Item
-from langchain_qwen_fast._qwen import can_render, render_chatml
+from langchain_qwen_fast._qwen import can_render, render_chatml, render_user_text
 
 #: Parameters a ``/v1/completions`` list request can carry with the same meaning as in chat.
 _LIST_SAFE = frozenset({
@@ -146,6 +146,16 @@ def build_spec(
 def make_item(spec: CallSpec, messages: Sequence[BaseMessage]) -> Item:
     """One input -> Item. Raises ValueError for bad input, before anything is sent."""
     return item_of_dicts(spec, messages_to_dicts(messages))
+
+
+def item_of_text(spec: CallSpec, text: str) -> Item:
+    """:func:`item_of_dicts` for one user turn given as a string (what ``.batch(["..."])`` sends), without
+    making its message list unless a chat request needs it."""
+    if spec.list_eligible:
+        prompt = render_user_text(text, enable_thinking=spec.enable_thinking)
+        return Item(LIST, spec.headers, spec.timeout, spec.model, None, prompt, spec.list_key, spec.list_params,
+                    len(prompt) // 3 + spec.max_tokens)
+    return item_of_dicts(spec, [{"role": "user", "content": text}])
 
 
 def item_of_dicts(spec: CallSpec, dicts: list[dict[str, Any]]) -> Item:

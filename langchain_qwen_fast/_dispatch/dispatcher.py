@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_qwen_fast._answers import chat_answer, list_answers
-from langchain_qwen_fast._dispatch.item import LIST, STREAM, Item
+from langchain_qwen_fast._dispatch.item import LIST, STREAM, Item, Outcome
 from langchain_qwen_fast._dispatch.scheduler import Flow, FlowPolicy, Scheduler
 from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
 from langchain_qwen_fast._stats import DispatchStats
@@ -117,27 +117,19 @@ class Dispatcher:
         self._loop = self._loop or asyncio.get_running_loop()
         if self.closed:
             err = ClientClosedError("the model's pool is closed")
-            for it in items:
-                self._deliver(it, None, err)
+            self._deliver([(it, None, err) for it in items])
             return
-        now = time.monotonic()
         if not flow.bulk:
             self.replicas.interactive_seen()
-        push, n = self.sched.push, 0
-        for it in items:
-            it.enqueued, it.flow = now, flow
-            push(flow, it)
-            n += 1
-        self.stats.items += n
+        self.stats.items += self.sched.push_many(flow, items, time.monotonic())
         self._wake()
 
     def cancel(self, items: Iterable[Item]) -> None:
         """The caller left: drop these items (their sinks hear ``CancelledError``), and cancel a request on the wire
         when nobody else waits on it, so a list whose callers all left does not hold its slots until it ends."""
+        items = [it for it in items if not it.done]
+        self._settle_many([(it, None, asyncio.CancelledError()) for it in items])
         for it in items:
-            if it.done:
-                continue
-            self._settle(it, exc=asyncio.CancelledError())
             task = it.task
             if task is not None and not task.done() and all(o.done for o in self._tasks.get(task, ())):
                 task.cancel()
@@ -152,7 +144,8 @@ class Dispatcher:
         """One streamed request: wait for admission in ``flow``, stream from the replica chosen, release."""
         granted: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
 
-        def on_grant(it: Item, lease: Any, exc: BaseException | None) -> None:
+        def on_grant(outcomes: list[Outcome]) -> None:
+            ((_, lease, exc),) = outcomes
             if granted.done():  # the waiter left after the grant was made: nobody else would release it
                 if lease is not None:
                     self._release(lease)
@@ -204,8 +197,7 @@ class Dispatcher:
             self._arm_timer(left)
             return
         err = self.replicas.down_error()
-        for it in self.sched.drain():
-            self._settle(it, exc=err)
+        self._settle_many([(it, None, err) for it in self.sched.drain()])
 
     def _next_grant(self) -> _Grant | None:
         """Whose turn it is and which replica takes it; None when nothing can go now (then a release, a
@@ -309,27 +301,50 @@ class Dispatcher:
     # -- outcomes ----------------------------------------------------------------------------
     def _settle(self, item: Item, result: Any = None, exc: BaseException | None = None) -> None:
         """Deliver ``item``'s outcome to its sink, once: a cancelled item's late answer is discarded."""
-        if item.done:
+        if not item.done:
+            self._settle_many([(item, result, exc)])
+
+    def _settle_many(self, outcomes: list[Outcome]) -> None:
+        """:meth:`_settle` for several items at once (a list's answers): counted, then delivered."""
+        live = [o for o in outcomes if not o[0].done]
+        if not live:
             return
-        if isinstance(exc, asyncio.CancelledError):
-            self.stats.cancelled += 1
-        else:
-            self.stats.item_latency.add(time.monotonic() - item.enqueued)
-            if exc is not None:
-                self.stats.items_failed += 1
-        self._deliver(item, result, exc)
+        now, stats, lat = time.monotonic(), self.stats, []
+        for it, _, exc in live:
+            if exc is None:
+                lat.append(now - it.enqueued)
+            elif isinstance(exc, asyncio.CancelledError):
+                stats.cancelled += 1
+            else:
+                lat.append(now - it.enqueued)
+                stats.items_failed += 1
+        stats.item_latency.extend(lat)
+        self._deliver(live)
 
     @staticmethod
-    def _deliver(item: Item, result: Any, exc: BaseException | None) -> None:
-        item.done = True
-        # The request body is never needed again; drop it now (100k pending items: ~1 KB each).
-        item.payload = item.prompt = None
-        sink = item.sink
-        if sink is not None:
-            try:
-                sink(item, result, exc)
-            except Exception:  # a broken sink must not stop the dispatcher or the items after it
-                log.exception("qwen-fast result sink failed")
+    def _deliver(outcomes: list[Outcome]) -> None:
+        """Mark each item done and hand the outcomes to their sinks, one call per run of items with the same sink."""
+        run: list[Outcome] = []
+        sink: Any = None
+        for o in outcomes:
+            it = o[0]
+            it.done = True
+            # The request body is never needed again; drop it now (100k pending items: ~1 KB each).
+            it.payload = it.prompt = None
+            if it.sink is not sink:
+                Dispatcher._hand(sink, run)
+                run, sink = [], it.sink
+            run.append(o)
+        Dispatcher._hand(sink, run)
+
+    @staticmethod
+    def _hand(sink: Any, outcomes: list[Outcome]) -> None:
+        if sink is None or not outcomes:
+            return
+        try:
+            sink(outcomes)
+        except Exception:  # a broken sink must not stop the dispatcher or the items after it
+            log.exception("qwen-fast result sink failed")
 
     def _abandon(self, item: Item) -> None:
         """The request was cancelled: by its caller (cancel the item) or by close() (say so)."""
@@ -386,17 +401,14 @@ class Dispatcher:
             await asyncio.gather(self._send_list(live[:mid], lease), self._send_list(live[mid:], lease))
             return
         except Exception as e:
-            for it in live:
-                self._settle(it, exc=e)
+            self._settle_many([(it, None, e) for it in live])
             return
         try:
             answers = list_answers(resp, len(live), head.model)
         except Exception as e:
-            for it in live:
-                self._settle(it, exc=e)
+            self._settle_many([(it, None, e) for it in live])
             return
-        for it, answer in zip(live, answers, strict=True):
-            self._settle(it, answer)
+        self._settle_many([(it, answer, None) for it, answer in zip(live, answers, strict=True)])
 
     # -- lifecycle -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -416,8 +428,7 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
         err = ClientClosedError("the model was closed while this call was pending")
-        for it in self.sched.drain():
-            self._settle(it, exc=err)
+        self._settle_many([(it, None, err) for it in self.sched.drain()])
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

@@ -7,9 +7,11 @@ An item is one of three kinds, fixed when it is made, and the dispatcher treats 
 - ``STREAM``: a slot for one streamed request; its outcome is the ``Lease`` it was admitted on, and the stream's
   owner sends the request itself.
 
-Its outcome goes to ``sink(item, result, exception)``, called once on the runtime loop (never twice: ``done`` is
-set first). No ``asyncio.Future`` per item: a batch of 100,000 inputs would make 100,000 futures and schedule two
-callbacks on each, which cost more loop time than the HTTP work of the lists that carry them.
+Its outcome goes to its ``sink``, once, on the runtime loop (never twice: ``done`` is set first), as
+``(item, result, None)`` or ``(item, None, exception)``. A sink hears outcomes in lists: the 32 answers of a
+completions list reach their caller's sink in one call. No ``asyncio.Future`` per item: a batch of 100,000 inputs
+would make 100,000 futures and schedule two callbacks on each, which cost more loop time than the HTTP work of the
+lists that carry them.
 
 A module of its own so that the scheduler (which queues items) and the call layer (which makes them) need not
 import the dispatcher.
@@ -29,9 +31,11 @@ LIST: Final = "list"
 CHAT: Final = "chat"
 STREAM: Final = "stream"
 
-#: Hears an item's outcome: ``(item, result, None)`` or ``(item, None, exception)``; a cancelled item gets
+#: One item's outcome: ``(item, result, None)`` or ``(item, None, exception)``; a cancelled item's exception is
 #: ``asyncio.CancelledError``.
-Sink = Callable[["Item", Any, "BaseException | None"], None]
+Outcome = tuple["Item", Any, "BaseException | None"]
+#: Hears outcomes, several at a time.
+Sink = Callable[[list[Outcome]], None]
 
 
 @dataclass(eq=False, slots=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +87,23 @@ class Scheduler:
     def push(self, flow: Flow, item: Item) -> None:
         flow.queue.append(item)
         self._queued(1)
+        self._enter(flow)
+
+    def push_many(self, flow: Flow, items: Iterable[Item], now: float) -> int:
+        """:meth:`push` for each item, stamped with ``now`` and ``flow`` (what the dispatcher records); their count."""
+        q = flow.queue
+        before = len(q)
+        for it in items:
+            it.enqueued, it.flow = now, flow
+            q.append(it)
+        n = len(q) - before
+        if n:
+            self._queued(n)
+            self._enter(flow)
+        return n
+
+    def _enter(self, flow: Flow) -> None:
+        """A flow with work joins its priority's ring (once; it leaves lazily when found empty)."""
         if not flow.in_ring:
             flow.in_ring = True
             flow.deficit = self.policy.quantum

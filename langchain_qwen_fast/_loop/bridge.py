@@ -44,18 +44,19 @@ def _putter(q: asyncio.Queue[Any]) -> Callable[[Any], None]:
 class _Coalesce:
     """A result sink on the runtime loop that hands results over once per loop iteration.
 
-    The 32 answers of one ``/v1/completions`` list settle in the same iteration; handing them
-    to the caller's thread (or loop) as one list costs one wake-up instead of 32.
+    The 32 answers of one ``/v1/completions`` list settle in the same iteration (and arrive here in one
+    call); lists that end in the same iteration arrive in several. Handing all of them to the caller's
+    thread (or loop) as one list costs one wake-up instead of one per answer.
     """
 
     def __init__(self, deliver: Callable[[list[Triple]], None]) -> None:
         self.deliver = deliver
         self.pending: list[Triple] = []
 
-    def __call__(self, i: int, r: Any, e: BaseException | None) -> None:
+    def __call__(self, triples: list[Triple]) -> None:
         if not self.pending:
             asyncio.get_running_loop().call_soon(self.flush)
-        self.pending.append((i, r, e))
+        self.pending.extend(triples)
 
     def flush(self) -> None:
         batch, self.pending = self.pending, []

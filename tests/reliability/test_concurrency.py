@@ -395,7 +395,8 @@ def test_a_request_cancelled_before_it_started_still_settles_and_frees_its_slot(
         futs = [loop.create_future() for _ in items]
 
         def sink_for(fut: asyncio.Future[Any]) -> Any:
-            def sink(_item: Any, result: Any, exc: BaseException | None) -> None:
+            def sink(outcomes: list[Any]) -> None:
+                ((_item, result, exc),) = outcomes
                 if isinstance(exc, asyncio.CancelledError):
                     fut.cancel()
                 elif exc is not None:

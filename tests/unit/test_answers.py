@@ -60,7 +60,7 @@ LIST_CASES = {
     "fingerprint and tier": _list_resp(["x"], system_fingerprint="fp-1", service_tier="default"),
     "no id, no model": {k: v for k, v in _list_resp(["x"]).items() if k not in ("id", "model")},
     "empty text": _list_resp([""]),
-    "chinese": _list_resp(["你好！"]),
+    "chinese": _list_resp(["你好，世界"]),  # noqa: RUF001
 }
 CHAT_CASES = {
     "plain": _chat_resp({"content": "Hello!"}),

@@ -165,10 +165,10 @@ def test_a_callback_failing_mid_batch_raises_and_cancels_what_was_sent(mock_mode
 async def test_results_of_one_loop_iteration_are_handed_over_together() -> None:
     got: list[list[Any]] = []
     sink = _bridge._Coalesce(got.append)
-    for i in range(32):  # one list answer settles all its items in one iteration
-        sink(i, f"r{i}", None)
+    for half in (range(16), range(16, 32)):  # two lists' answers settle in the same iteration
+        sink([(i, f"r{i}", None) for i in half])
     await asyncio.sleep(0)
-    sink(32, None, ValueError("x"))
+    sink([(32, None, ValueError("x"))])
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert [len(b) for b in got] == [32, 1]
