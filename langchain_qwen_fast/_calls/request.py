@@ -154,17 +154,19 @@ def item_of_text(spec: CallSpec, text: str) -> Item:
     if spec.list_eligible:
         prompt = render_user_text(text, enable_thinking=spec.enable_thinking)
         return Item(LIST, spec.headers, spec.timeout, spec.model, None, prompt, spec.list_key, spec.list_params,
-                    len(prompt) // 3 + spec.max_tokens)
+                    len(prompt) // 3 + spec.max_tokens, text, spec.params)
     return item_of_dicts(spec, [{"role": "user", "content": text}])
 
 
 def item_of_dicts(spec: CallSpec, dicts: list[dict[str, Any]]) -> Item:
     """An Item for messages already in the request's form (:func:`messages_to_dicts`'s output)."""
     if spec.list_eligible and can_render(dicts):
-        # A list item travels as its prompt plus the shared list parameters; it never needs a chat payload.
+        # A list item travels as its prompt plus the shared list parameters; its messages stay for the chat
+        # request a server that refuses lists gets instead (Item.as_chat).
         prompt = render_chatml(dicts, enable_thinking=spec.enable_thinking)
         return Item(LIST, spec.headers, spec.timeout, spec.model, prompt=prompt, list_key=spec.list_key,
-                    list_params=spec.list_params, est_tokens=len(prompt) // 3 + spec.max_tokens)
+                    list_params=spec.list_params, est_tokens=len(prompt) // 3 + spec.max_tokens, chat=dicts,
+                    chat_params=spec.params)
     payload = dict(spec.params)
     payload["messages"] = dicts
     return Item(CHAT, spec.headers, spec.timeout, spec.model, payload=payload)

@@ -35,17 +35,17 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from langchain_qwen_fast._answers import chat_answer, list_answers
 from langchain_qwen_fast._dispatch.item import LIST, STREAM, Item, Outcome
+from langchain_qwen_fast._dispatch.outcomes import Outcomes
+from langchain_qwen_fast._dispatch.requests import Requests
 from langchain_qwen_fast._dispatch.scheduler import Flow, FlowPolicy, Scheduler
-from langchain_qwen_fast._errors import BadRequestError, ClientClosedError, ContextLengthError
+from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._stats import DispatchStats
 from langchain_qwen_fast._upstream.affinity import prefix_keys
 from langchain_qwen_fast._upstream.replicas import Lease, Replica
 from langchain_qwen_fast._upstream.transport import Transport, deadline_for
 
 log = logging.getLogger("langchain_qwen_fast")
-_SPLITTABLE = (BadRequestError, ContextLengthError)
 
 
 @dataclass(frozen=True)
@@ -99,13 +99,18 @@ class Dispatcher:
         self.config = config
         self.sched = Scheduler(config.flows)
         self.stats = DispatchStats()
+        self.outcomes = Outcomes(self.stats)
+        self.requests = Requests(transport, self.stats, self.outcomes)
         self.max_inflight_seen = 0
-        self.closed = False
         self._tasks: dict[asyncio.Task[Any], list[Item]] = {}  # request -> the items it carries
         self._pump_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.outcomes.closed
 
     @property
     def inflight(self) -> int:
@@ -117,7 +122,7 @@ class Dispatcher:
         self._loop = self._loop or asyncio.get_running_loop()
         if self.closed:
             err = ClientClosedError("the model's pool is closed")
-            self._deliver([(it, None, err) for it in items])
+            self.outcomes.deliver([(it, None, err) for it in items])
             return
         if not flow.bulk:
             self.replicas.interactive_seen()
@@ -128,7 +133,7 @@ class Dispatcher:
         """The caller left: drop these items (their sinks hear ``CancelledError``), and cancel a request on the wire
         when nobody else waits on it, so a list whose callers all left does not hold its slots until it ends."""
         items = [it for it in items if not it.done]
-        self._settle_many([(it, None, asyncio.CancelledError()) for it in items])
+        self.outcomes.settle_many([(it, None, asyncio.CancelledError()) for it in items])
         for it in items:
             task = it.task
             if task is not None and not task.done() and all(o.done for o in self._tasks.get(task, ())):
@@ -197,7 +202,7 @@ class Dispatcher:
             self._arm_timer(left)
             return
         err = self.replicas.down_error()
-        self._settle_many([(it, None, err) for it in self.sched.drain()])
+        self.outcomes.settle_many([(it, None, err) for it in self.sched.drain()])
 
     def _next_grant(self) -> _Grant | None:
         """Whose turn it is and which replica takes it; None when nothing can go now (then a release, a
@@ -229,20 +234,20 @@ class Dispatcher:
 
     def _send(self, g: _Grant) -> None:
         """Admit the grant's items on its replica and start what carries them."""
-        if g.head.kind != LIST:
-            item = self.sched.pop(g.flow)
+        if g.head.kind != LIST or g.replica.lists is False:  # a server that refuses lists gets a chat request
+            item = self.sched.pop(g.flow).as_chat()
             lease = self._admit(g.replica, [item])
             if item.kind == STREAM:
-                self._settle(item, lease)
+                self.outcomes.settle(item, lease)
             else:
-                self._spawn(self._run_chat(item, lease), [item], lease)
+                self._spawn(self.requests.send_chat(item, lease), [item], lease)
             return
         cfg, reps = self.config, self.replicas
         accept = (lambda it, r=g.replica: reps.belongs(r, self._keys(it))) if reps.affinity else None
         members = self.sched.take(g.flow, min(cfg.max_batch_size, reps.free(g.replica, g.flow.bulk)),
                                   4 * cfg.max_batch_size, _ListRule(g.head, cfg.max_batch_tokens, accept))
         lease = self._admit(g.replica, members)
-        self._spawn(self._run_list(members, lease), members, lease)
+        self._spawn(self.requests.send_list(members, lease), members, lease)
 
     def _keys(self, item: Item) -> tuple[int, ...]:
         if not self.replicas.affinity:
@@ -293,122 +298,11 @@ class Dispatcher:
             if it.done:
                 continue
             if task.cancelled():
-                self._abandon(it)
+                self.outcomes.abandon(it)
             else:  # the coroutine ended without an outcome for this item: a bug, but never a hang
-                self._settle(it, exc=task.exception() or RuntimeError("qwen-fast: the request ended without a result"))
+                err = task.exception() or RuntimeError("qwen-fast: the request ended without a result")
+                self.outcomes.settle(it, exc=err)
         self._release(lease)
-
-    # -- outcomes ----------------------------------------------------------------------------
-    def _settle(self, item: Item, result: Any = None, exc: BaseException | None = None) -> None:
-        """Deliver ``item``'s outcome to its sink, once: a cancelled item's late answer is discarded."""
-        if not item.done:
-            self._settle_many([(item, result, exc)])
-
-    def _settle_many(self, outcomes: list[Outcome]) -> None:
-        """:meth:`_settle` for several items at once (a list's answers): counted, then delivered."""
-        live = [o for o in outcomes if not o[0].done]
-        if not live:
-            return
-        now, stats, lat = time.monotonic(), self.stats, []
-        for it, _, exc in live:
-            if exc is None:
-                lat.append(now - it.enqueued)
-            elif isinstance(exc, asyncio.CancelledError):
-                stats.cancelled += 1
-            else:
-                lat.append(now - it.enqueued)
-                stats.items_failed += 1
-        stats.item_latency.extend(lat)
-        self._deliver(live)
-
-    @staticmethod
-    def _deliver(outcomes: list[Outcome]) -> None:
-        """Mark each item done and hand the outcomes to their sinks, one call per run of items with the same sink."""
-        run: list[Outcome] = []
-        sink: Any = None
-        for o in outcomes:
-            it = o[0]
-            it.done = True
-            # The request body is never needed again; drop it now (100k pending items: ~1 KB each).
-            it.payload = it.prompt = None
-            if it.sink is not sink:
-                Dispatcher._hand(sink, run)
-                run, sink = [], it.sink
-            run.append(o)
-        Dispatcher._hand(sink, run)
-
-    @staticmethod
-    def _hand(sink: Any, outcomes: list[Outcome]) -> None:
-        if sink is None or not outcomes:
-            return
-        try:
-            sink(outcomes)
-        except Exception:  # a broken sink must not stop the dispatcher or the items after it
-            log.exception("qwen-fast result sink failed")
-
-    def _abandon(self, item: Item) -> None:
-        """The request was cancelled: by its caller (cancel the item) or by close() (say so)."""
-        if self.closed:
-            self._settle(item, exc=ClientClosedError("the model was closed while this call was in flight"))
-        else:
-            self._settle(item, exc=asyncio.CancelledError())
-
-    # -- the work ----------------------------------------------------------------------------
-    async def _run_chat(self, item: Item, lease: Lease) -> None:
-        timeout, model = item.deadline_s, item.model
-        try:
-            resp = await self.transport.post_json("/chat/completions", item.payload or {}, item.headers,
-                                                  deadline_for(timeout), timeout, lease)
-            self._settle(item, chat_answer(resp, model))
-        except asyncio.CancelledError:
-            self._abandon(item)
-            raise
-        except Exception as e:
-            self._settle(item, exc=e)
-        finally:
-            self.stats.sent(1)
-
-    async def _run_list(self, items: list[Item], lease: Lease) -> None:
-        try:
-            await self._send_list(items, lease)
-        except BaseException as e:  # never leave an item without an outcome
-            for it in items:
-                if isinstance(e, asyncio.CancelledError):
-                    self._abandon(it)
-                else:
-                    self._settle(it, exc=e)
-            if isinstance(e, asyncio.CancelledError):
-                raise
-
-    async def _send_list(self, items: list[Item], lease: Lease) -> None:
-        live = [it for it in items if not it.done]
-        if not live:
-            return
-        self.stats.sent(len(live))
-        head = live[0]
-        payload = dict(head.list_params or {})
-        payload["prompt"] = [it.prompt for it in live] if len(live) > 1 else head.prompt
-        timeout = head.deadline_s
-        try:
-            resp = await self.transport.post_json("/completions", payload, head.headers, deadline_for(timeout),
-                                                  timeout, lease)
-        except _SPLITTABLE as e:
-            if len(live) == 1:
-                self._settle(head, exc=e)
-                return
-            self.stats.splits += 1
-            mid = len(live) // 2
-            await asyncio.gather(self._send_list(live[:mid], lease), self._send_list(live[mid:], lease))
-            return
-        except Exception as e:
-            self._settle_many([(it, None, e) for it in live])
-            return
-        try:
-            answers = list_answers(resp, len(live), head.model)
-        except Exception as e:
-            self._settle_many([(it, None, e) for it in live])
-            return
-        self._settle_many([(it, answer, None) for it, answer in zip(live, answers, strict=True)])
 
     # -- lifecycle -----------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -424,11 +318,11 @@ class Dispatcher:
         """Fail what waits, cancel what runs, close the engine. Idempotent."""
         if self.closed:
             return
-        self.closed = True
+        self.outcomes.closed = True
         if self._timer is not None:
             self._timer.cancel()
         err = ClientClosedError("the model was closed while this call was pending")
-        self._settle_many([(it, None, err) for it in self.sched.drain()])
+        self.outcomes.settle_many([(it, None, err) for it in self.sched.drain()])
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

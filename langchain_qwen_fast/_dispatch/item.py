@@ -51,6 +51,8 @@ class Item:
     list_key: bytes | None = None  # LIST: items with equal list keys may share a list
     list_params: dict[str, Any] | None = None  # LIST: the list request's parameters
     est_tokens: int = 0
+    chat: Any = None  # LIST: the conversation (request dicts, or the text of one user turn), for a chat request
+    chat_params: dict[str, Any] | None = None  # LIST: the chat request's parameters (shared by the call's items)
     # -- set when submitted ---------------------------------------------------------------
     sink: Sink | None = None
     tag: int = 0  # the submitter's number for this item
@@ -59,3 +61,12 @@ class Item:
     task: asyncio.Task[Any] | None = None  # the request carrying it, once sent
     pkeys: tuple[int, ...] | None = None  # prefix hashes, computed once when routing by prefix affinity
     done: bool = False  # its outcome was delivered (or it was cancelled)
+
+    def as_chat(self) -> Item:
+        """This list item as the chat request that asks the same (for a server that refuses lists)."""
+        if self.kind == LIST:
+            chat = self.chat
+            messages = [{"role": "user", "content": chat}] if isinstance(chat, str) else chat
+            self.payload = {**(self.chat_params or {}), "messages": messages}
+            self.kind, self.prompt, self.chat = CHAT, None, None
+        return self

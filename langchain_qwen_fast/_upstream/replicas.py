@@ -100,7 +100,7 @@ class Replica:
     """
 
     __slots__ = ("base", "busy_streak", "busy_until", "ejected", "failures", "inflight", "last_error", "limit",
-                 "name", "outstanding", "stats")
+                 "lists", "name", "outstanding", "stats")
 
     def __init__(self, base: str, limit: int) -> None:
         self.base = base.rstrip("/")
@@ -114,6 +114,9 @@ class Replica:
         self.busy_until = 0.0
         self.busy_streak = 0
         self.stats = EndpointStats()
+        #: Whether it takes a completions list (a ``prompt`` that is a list): None until a list was refused once
+        #: and the dispatcher checked, False when it refuses them (vLLM's Rust front end): it gets chat requests.
+        self.lists: bool | None = None
 
     def snapshot(self, now: float) -> dict[str, Any]:
         return {
@@ -125,6 +128,7 @@ class Replica:
             "ejected": self.ejected,
             "busy": self.busy_until > now,
             "last_error": self.last_error,
+            "lists": "refused: sent chat requests instead" if self.lists is False else "accepted",
         }
 
 

@@ -96,6 +96,11 @@ def completions_list(s: Session) -> None:
     choices = p.as_json(r).get("choices") if r.status_code == 200 else None
     s.report.fingerprint.lists = False
     if not isinstance(choices, list):
+        if r.status_code == 400 and _takes_a_string(s, prompts[0]):
+            s.add("completions_list", WARN, f"/completions refuses a list of prompts ({p.said(r)}) but takes one "
+                  "prompt as a string (vLLM's Rust front end does so): BatchedChatQwen notices it on the first "
+                  "list and sends this server chat requests instead, at lower throughput", p.FIX_LISTS, t0)
+            return
         s.add("completions_list", FAIL, "/completions with a list of 2 prompts: "
               f"{p.said(r)}", p.FIX_WIRE, t0)
         return
@@ -107,6 +112,11 @@ def completions_list(s: Session) -> None:
     else:
         s.add("completions_list", FAIL, "a list of 2 prompts came back with choice "
               f"indexes {indexes}", p.FIX_WIRE, t0)
+
+
+def _takes_a_string(s: Session, prompt: str) -> bool:
+    r = s.post(s.base + "/completions", {"model": s.model, "prompt": prompt, "max_tokens": 8, "temperature": 0})
+    return r.status_code == 200 and isinstance(p.as_json(r).get("choices"), list)
 
 
 def priority_scheduling(s: Session) -> None:

@@ -24,6 +24,8 @@ FIX_REASONING = "vllm serve ... --reasoning-parser qwen3"
 FIX_TEMPLATE = ("vllm serve ... --chat-template QWEN3.jinja "
                 "(a Qwen3 template, which has the enable_thinking switch)")
 FIX_WIRE = 'BatchedChatQwen(..., wire_mode="chat")'
+FIX_LISTS = ("serve with vLLM's Python front end (unset VLLM_USE_RUST_FRONTEND) for completions lists, or accept "
+             'chat requests (BatchedChatQwen(..., wire_mode="chat") says so up front)')
 FIX_STRUCTURED = ("vllm serve ... --structured-outputs-config '{\"backend\":\"xgrammar\"}' "
                   "(or upgrade vLLM)")
 FIX_PRIORITY = ("start vLLM with --scheduling-policy priority to have the server honour them "

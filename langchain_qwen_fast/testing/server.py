@@ -275,6 +275,9 @@ class SimApp:
     async def _completions(
         self, request: web.BaseRequest, body: dict[str, Any]
     ) -> web.StreamResponse:
+        if not self.cfg.list_prompts and isinstance(body.get("prompt"), list):
+            # vLLM 0.24's Rust front end, word for word: its prompt type has no list-of-strings variant.
+            raise BadRequest("prompt: data did not match any variant of untagged enum Prompt")
         prompts = _prompts(body.get("prompt"))
         convs = [parse_chatml(p) if isinstance(p, str) else Conversation((("user", ""),), False)
                  for p in prompts]

@@ -92,6 +92,9 @@ class SimConfig:
     fe_per_token: float | None = None
     max_num_seqs: int | None = None
     scheduling_policy: str = "fcfs"
+    #: False answers a ``/v1/completions`` prompt that is a list with HTTP 400, as vLLM's Rust front end does
+    #: (``VLLM_USE_RUST_FRONTEND=1``, vLLM 0.24); a string prompt is still served.
+    list_prompts: bool = True
 
     def __post_init__(self) -> None:
         if self.latency not in PRESETS:
@@ -125,6 +128,8 @@ class SimConfig:
             "--model-name", self.model_name, "--speed", repr(self.speed),
             "--scheduling-policy", self.scheduling_policy,
         ]
+        if not self.list_prompts:
+            argv.append("--refuse-list-prompts")
         for f in fields(LatencyParams):
             value = getattr(self, f.name)
             if f.name != "speed" and value is not None:
@@ -136,8 +141,8 @@ class SimConfig:
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> SimConfig:
         """The inverse of ``to_argv`` (given ``build_parser().parse_args(...)``)."""
-        return cls(**{f.name: getattr(a, f.name) for f in fields(cls) if f.name != "faults"},
-                   faults=tuple(a.fault))
+        return cls(**{f.name: getattr(a, f.name) for f in fields(cls) if f.name not in ("faults", "list_prompts")},
+                   faults=tuple(a.fault), list_prompts=not a.refuse_list_prompts)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduling-policy", choices=POLICIES, default="fcfs",
                    help="fcfs (vLLM's default: a request's priority is ignored) or priority "
                    "(lowest value admitted first)")
+    p.add_argument("--refuse-list-prompts", action="store_true",
+                   help="answer 400 to a /v1/completions prompt that is a list, as vLLM's Rust front end does")
     p.add_argument("--exit-with-parent", action="store_true",
                    help="stop when the parent process dies")
     return p

@@ -1,6 +1,6 @@
 """Cancelling ainvoke/abatch: the caller is freed at once, the request dropped, the model lives.
 
-Covers: _loop/bridge.py, _dispatch/feed.py, _dispatch/dispatcher.py."""
+Covers: _loop/bridge.py, _dispatch/feed.py, _dispatch/dispatcher.py, _dispatch/outcomes.py."""
 
 from __future__ import annotations
 
