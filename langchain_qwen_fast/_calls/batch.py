@@ -107,12 +107,23 @@ def _raise_first(outputs: list[Any]) -> None:
             raise out
 
 
-def iter_fast(
+def _driver(
     model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
-    kwargs: dict[str, Any], raise_early: bool,
-) -> Iterator[tuple[int, Any]]:
+    kwargs: dict[str, Any], manager_cls: Any,
+) -> _Driver | None:
+    """The fast batch for these inputs, or None where LangChain's own path must serve them: an LLM cache, a rate
+    limiter, ``output_version="v1"``, streaming asked for, or a handler that wants the tokens as they come (what
+    ``astream_events`` attaches: LangChain then streams each input, and so does ChatOpenAI)."""
+    if not _fast_path_ok(model, lane, kwargs):
+        return None
+    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions, manager_cls)
+    streams = model._should_stream(async_api=manager_cls is AsyncCallbackManager,
+                                   run_manager=d.prep.first_manager, **kwargs)
+    return None if streams else d
+
+
+def iter_fast(d: _Driver, raise_early: bool) -> Iterator[tuple[int, Any]]:
     """``(index, output)`` for each input as it finishes (output may be an exception)."""
-    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions, CallbackManager)
     prep = d.prep
     with _bridge.BatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
         try:
@@ -145,12 +156,8 @@ def iter_fast(
             raise
 
 
-async def aiter_fast(
-    model: BaseChatModel, lane: Lane, inputs: Sequence[Any], config: Any, return_exceptions: bool,
-    kwargs: dict[str, Any], raise_early: bool,
-) -> AsyncGenerator[tuple[int, Any], None]:
+async def aiter_fast(d: _Driver, raise_early: bool) -> AsyncGenerator[tuple[int, Any], None]:
     """The async twin of :func:`iter_fast`: the same steps, with the callbacks awaited."""
-    d = _Driver(model, lane, inputs, config, kwargs, return_exceptions, AsyncCallbackManager)
     prep = d.prep
     with _bridge.ABatchRun(d.rt, d.disp, prep.limit, d.flow) as run:
         try:
@@ -187,12 +194,13 @@ def batch_fast(
 ) -> list[Any]:
     if not inputs:
         return []
-    if not _fast_path_ok(model, lane, kwargs):
+    d = _driver(model, lane, inputs, config, return_exceptions, kwargs, CallbackManager)
+    if d is None:
         return BaseChatModel.batch(
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         )
     outputs: list[Any] = [None] * len(inputs)
-    for i, out in iter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=False):
+    for i, out in iter_fast(d, raise_early=False):
         outputs[i] = out
     if not return_exceptions:
         _raise_first(outputs)
@@ -204,12 +212,13 @@ async def abatch_fast(
 ) -> list[Any]:
     if not inputs:
         return []
-    if not _fast_path_ok(model, lane, kwargs):
+    d = _driver(model, lane, inputs, config, return_exceptions, kwargs, AsyncCallbackManager)
+    if d is None:
         return await BaseChatModel.abatch(
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         )
     outputs: list[Any] = [None] * len(inputs)
-    gen = aiter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=False)
+    gen = aiter_fast(d, raise_early=False)
     try:
         async for i, out in gen:
             outputs[i] = out
@@ -226,12 +235,13 @@ def batch_as_completed_fast(
 ) -> Iterator[tuple[int, Any]]:
     if not inputs:
         return
-    if not _fast_path_ok(model, lane, kwargs):
+    d = _driver(model, lane, inputs, config, return_exceptions, kwargs, CallbackManager)
+    if d is None:
         yield from BaseChatModel.batch_as_completed(  # type: ignore[call-overload]
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         )
         return
-    yield from iter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=not return_exceptions)
+    yield from iter_fast(d, raise_early=not return_exceptions)
 
 
 async def abatch_as_completed_fast(
@@ -240,13 +250,14 @@ async def abatch_as_completed_fast(
 ) -> AsyncIterator[tuple[int, Any]]:
     if not inputs:
         return
-    if not _fast_path_ok(model, lane, kwargs):
+    d = _driver(model, lane, inputs, config, return_exceptions, kwargs, AsyncCallbackManager)
+    if d is None:
         async for pair in BaseChatModel.abatch_as_completed(  # type: ignore[call-overload]
             model, inputs, _with_default_concurrency(lane, config), return_exceptions=return_exceptions, **kwargs
         ):
             yield pair
         return
-    gen = aiter_fast(model, lane, inputs, config, return_exceptions, kwargs, raise_early=not return_exceptions)
+    gen = aiter_fast(d, raise_early=not return_exceptions)
     try:
         async for pair in gen:
             yield pair

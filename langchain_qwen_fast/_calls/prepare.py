@@ -118,8 +118,8 @@ class Prepared:
         self.spec = lane.spec(stop, kwargs)
         # Whether any handler listens: configuring the first input's callbacks tells for what every input shares
         # (and that manager serves the first input, or all of them for a shared config).
-        self._first_manager: Any = self._configure(self.input_configs[0]) if inputs else None
-        self.quiet = self._first_manager is not None and not self._first_manager.handlers
+        self.first_manager: Any = self._configure(self.input_configs[0]) if inputs else None
+        self.quiet = self.first_manager is not None and not self.first_manager.handlers
 
     # -- callbacks ------------------------------------------------------------------------------
     def _configure(self, config: Any) -> Any:
@@ -138,7 +138,7 @@ class Prepared:
     def manager(self, rec: PreparedInput) -> Any:
         """The callback manager for ``rec``'s config: configured once for a shared config, else per input."""
         if self.shared_config or rec.index == 0:
-            return self._first_manager
+            return self.first_manager
         return self._configure(rec.config)
 
     def _quiet_for(self, config: Any) -> bool:

@@ -140,6 +140,19 @@ def canned_answer(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     }
 
 
+def canned_sse(body: dict[str, Any]) -> str:
+    """A chat answer of :func:`canned_answer` as vLLM streams it: the role, the content, the usage, ``[DONE]``."""
+    choice = body["choices"][0]
+    head = {k: body[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+    events = [
+        {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        {**head, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
+                              "finish_reason": choice["finish_reason"]}]},
+        {**head, "choices": [], "usage": body["usage"]},
+    ]
+    return "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+
+
 class CannedServer(LocalServer):
     """``LocalServer`` answering with :func:`canned_answer`; it also records each sequence's user text (a list
     of 32 prompts is 32) and counts sequences in flight."""
@@ -151,7 +164,15 @@ class CannedServer(LocalServer):
         self.sequences_in_flight = self.max_sequences_in_flight = 0
 
     async def _handle(self, request: web.Request) -> web.Response:
-        texts = user_texts(await request.json())  # aiohttp keeps the body: the base handler reads it again
+        payload = await request.json()  # aiohttp keeps the body: the base handler reads it again
+        texts = user_texts(payload)
+        if payload.get("stream") and "messages" in payload:  # a streamed chat request: SSE, as vLLM sends it
+            status, body = canned_answer(payload)
+            self.texts += texts
+            self.count += 1
+            if status != 200:
+                return web.json_response(body, status=status)
+            return web.Response(text=canned_sse(body), content_type="text/event-stream")
         self.texts += texts
         self.sequences_in_flight += len(texts)
         self.max_sequences_in_flight = max(self.max_sequences_in_flight, self.sequences_in_flight)
@@ -277,17 +298,7 @@ def canned_chatopenai() -> Callable[..., tuple[Any, list[dict[str, Any]]]]:
             status, body = canned_answer(payload)
             if not payload.get("stream") or status != 200:
                 return httpx.Response(status, json=body)
-            choice = body["choices"][0]
-            head = {k: body[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
-            events = [
-                {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                      "finish_reason": None}]},
-                {**head, "choices": [{"index": 0, "delta": {"content": choice["message"]["content"]},
-                                      "finish_reason": choice["finish_reason"]}]},
-                {**head, "choices": [], "usage": body["usage"]},
-            ]
-            sse = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-            return httpx.Response(200, content=sse.encode(), headers={"content-type": "text/event-stream"})
+            return httpx.Response(200, content=canned_sse(body).encode(), headers={"content-type": "text/event-stream"})
 
         transport = httpx.MockTransport(handle)
         fields = {"model": MODEL, "base_url": MOCK_URL, "api_key": "sk-test", "max_retries": 0, **fields}
