@@ -177,7 +177,7 @@ def test_server_template_equals_plain_chatml(
     http: httpx.Client, kwargs: dict[str, Any], suffix: str
 ) -> None:
     templated = tokenize(
-        http, messages=CONVERSATION, add_generation_prompt=True, chat_template_kwargs=kwargs
+        http, "Qwen-0.6B", messages=CONVERSATION, add_generation_prompt=True, chat_template_kwargs=kwargs
     )
     rendered = tokenize(http, "Qwen-0.6B", prompt=CHATML + suffix, add_special_tokens=False)
     assert templated == rendered
@@ -334,10 +334,11 @@ def test_tool_result_turn_is_accepted(http: httpx.Client) -> None:
     data = chat(http, messages=messages, tools=TOOLS, chat_template_kwargs=OFF)
     assert data["choices"][0]["message"]["content"] == "Hello!"
     templated = tokenize(
-        http, messages=messages, tools=TOOLS, add_generation_prompt=True, chat_template_kwargs=OFF
+        http, "Qwen-0.6B", messages=messages, tools=TOOLS, add_generation_prompt=True, chat_template_kwargs=OFF
     )
     tail = tokenize(
         http,
+        "Qwen-0.6B",
         add_special_tokens=False,
         prompt=(
             '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": '
