@@ -137,14 +137,18 @@ class Lease:
         self.replica, self.seqs = replica, seqs
 
 
-#: What a probe returns: None when the replica answers, else the reason it does not.
-Prober = Callable[[Replica], Awaitable[str | None]]
+#: ``await prober(base_url, timeout)``: None when the server answers again, else the reason it does not
+#: (``probe.HealthProbe`` over the pool's engine).
+Prober = Callable[[str, float], Awaitable[str | None]]
 
 
 class ReplicaSet:
+    """The replicas of one pool. ``prober`` asks an ejected replica whether it answers again (without one,
+    only a call that gets through brings it back); :meth:`bind` names who is woken when one does."""
+
     def __init__(
         self, urls: Sequence[str], limit: int, total: int | None = None, headroom: int = 0,
-        health: HealthPolicy | None = None, routing: RoutingPolicy | None = None,
+        health: HealthPolicy | None = None, routing: RoutingPolicy | None = None, prober: Prober | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one base_url is needed")
@@ -162,13 +166,20 @@ class ReplicaSet:
         self._table = AffinityTable[Replica](self.routing.table_size)
         self.inflight = 0
         self._rr = 0
-        self.on_change: Callable[[], None] | None = None  # the dispatcher's pump
-        self.prober: Prober | None = None  # set by the transport
+        self.prober = prober
+        self.on_change: Callable[[], None] | None = None  # set once by bind()
         self._probes: dict[Replica, asyncio.Task[None]] = {}
         self.down_since: float | None = None  # when the last healthy replica was ejected
         self._waiters: list[asyncio.Future[None]] = []  # retries waiting for any replica to return
         self.closed = False
         check_distinct(urls)
+
+    def bind(self, on_change: Callable[[], None]) -> None:
+        """The dispatcher that admits work here: ``on_change()`` is called (on the loop) whenever a replica
+        takes work again, so work that waited for one moves at once. One dispatcher per set."""
+        if self.on_change is not None and self.on_change != on_change:
+            raise RuntimeError("this ReplicaSet is bound to another dispatcher already")
+        self.on_change = on_change
 
     # -- capacity and choice -------------------------------------------------------------
     def capacity(self) -> int:
@@ -323,7 +334,7 @@ class ReplicaSet:
         try:
             while r.ejected and not self.closed and self.prober is not None:
                 await asyncio.sleep(delay)
-                why = await self.prober(r)
+                why = await self.prober(r.base, self.health.probe_timeout_s)
                 if not r.ejected:
                     return
                 if why is None:
