@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 
 from langchain_qwen_fast._engines import HttpEngine
+from langchain_qwen_fast._errors import APIConnectionError
 from langchain_qwen_fast._urls import server_root
 
 
@@ -37,5 +38,7 @@ class HealthProbe:
             return f"health probe answered HTTP {raw.status}"
         except asyncio.TimeoutError:
             return f"health probe timed out after {timeout} s"
+        except APIConnectionError as e:  # what the HTTP library said; the replica's name says where
+            return e.detail or str(e)
         except Exception as e:
             return f"{type(e).__name__}: {e}"

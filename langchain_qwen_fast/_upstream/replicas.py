@@ -25,6 +25,10 @@ Health is live:
   the last error seen there, and so does every new call until a probe brings one back. A retry
   that finds every replica ejected waits for a probe to bring one back, for at most the rest of
   that time, and then fails with that same error.
+- Except for a model's only server that has never answered since the pool was created: nothing was
+  restarted there (a wrong URL, or a server not started), so nothing is held for it. Its calls fail
+  after their own retries, and what waits at once, with "cannot connect to URL" and the doctor
+  command to check it, in no replica's words (the user gave one URL).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from langchain_qwen_fast._errors import (
     APIConnectionError,
     InvalidResponseError,
     ServerError,
+    server_down,
 )
 from langchain_qwen_fast._stats import EndpointStats
 from langchain_qwen_fast._upstream.affinity import AffinityTable
@@ -99,8 +104,8 @@ class Replica:
     ``outstanding`` counts HTTP requests on the wire (what the stats show).
     """
 
-    __slots__ = ("base", "busy_streak", "busy_until", "ejected", "failures", "inflight", "last_error", "limit",
-                 "name", "outstanding", "stats")
+    __slots__ = ("answered", "base", "busy_streak", "busy_until", "ejected", "failures", "inflight", "last_error",
+                 "limit", "name", "outstanding", "stats")
 
     def __init__(self, base: str, limit: int) -> None:
         self.base = base.rstrip("/")
@@ -113,6 +118,7 @@ class Replica:
         self.last_error: str | None = None
         self.busy_until = 0.0
         self.busy_streak = 0
+        self.answered = False  # an HTTP answer came from it since the pool was created
         self.stats = EndpointStats()
 
     def snapshot(self, now: float) -> dict[str, Any]:
@@ -246,17 +252,27 @@ class ReplicaSet:
     def all_down(self) -> bool:
         return self.down_since is not None
 
+    def never_answered(self) -> bool:
+        """The model has one server and it has not answered since the pool was created: a refusal there
+        is a wrong URL or a server not started, not a restart to wait for."""
+        return len(self.replicas) == 1 and not self.replicas[0].answered
+
     def fail_fast_in(self) -> float | None:
         """None while some replica is healthy; else seconds until waiting calls fail (0: now)."""
         if self.down_since is None:
             return None
+        if self.never_answered():
+            return 0.0
         return max(0.0, self.down_since + self.health.fail_after_s - time.monotonic())
 
-    def down_error(self) -> AllReplicasDownError:
+    def down_error(self) -> APIConnectionError:
+        """What calls fail with while every replica is down: for one server, about that server."""
+        if len(self.replicas) == 1:
+            r = self.replicas[0]
+            return server_down(r.base, r.last_error or "ejected", answered=r.answered)
         parts = "; ".join(f"{r.name}: {r.last_error or 'ejected'}" for r in self.replicas)
-        n = len(self.replicas)
-        what = "the only replica is" if n == 1 else f"all {n} replicas are"
-        return AllReplicasDownError(f"{what} down, calls fail until one answers again ({parts})")
+        return AllReplicasDownError(f"all {len(self.replicas)} replicas are down, calls fail until one answers "
+                                    f"again ({parts})")
 
     # -- admission -------------------------------------------------------------------------
     def admit(self, r: Replica, n: int) -> Lease:
@@ -292,6 +308,7 @@ class ReplicaSet:
     def succeeded(self, r: Replica, seconds: float) -> None:
         r.failures = 0
         r.busy_streak = 0
+        r.answered = True
         r.stats.ok(seconds)
         if r.ejected:  # a retry got through before the probe did
             self._restore(r)
@@ -299,6 +316,8 @@ class ReplicaSet:
     def failed(self, r: Replica, exc: BaseException) -> None:
         r.stats.error(type(exc).__name__)
         status = getattr(exc, "status_code", None)
+        if status is not None:  # an HTTP status came back: the server is there
+            r.answered = True
         if isinstance(exc, ServerError) and status == 503:
             r.busy_streak += 1
             pause = min(self.health.busy_max_s, self.health.busy_first_s * 2 ** (r.busy_streak - 1))
@@ -364,6 +383,7 @@ class ReplicaSet:
 
     def _restore(self, r: Replica) -> None:
         r.ejected, r.failures, r.busy_streak = False, 0, 0
+        r.answered = True
         self.down_since = None
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
@@ -386,8 +406,12 @@ class ReplicaSet:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short, credential-free description of a failure for the all-down error and stats."""
-    text = str(exc)
-    if len(text) > 160:
-        text = text[:160] + "…"
-    return f"{type(exc).__name__}: {text}"
+    """A short, credential-free description of a failure for the all-down error and stats: for a connection
+    that failed, what the HTTP library said (the message names the server)."""
+    if isinstance(exc, APIConnectionError) and exc.detail:
+        return _clip(exc.detail)
+    return f"{type(exc).__name__}: {_clip(str(exc))}"
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

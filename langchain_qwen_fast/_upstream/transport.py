@@ -159,7 +159,9 @@ class Transport:
             if nxt.delay:
                 await asyncio.sleep(nxt.delay)
             ep = nxt.replica
-            if self.replicas.all_down():
+            # Every replica down: wait for a probe to bring one back (a restart), unless the only server never
+            # answered: nothing is restarting there, and this retry knocks again itself, after its backoff.
+            if self.replicas.all_down() and not self.replicas.never_answered():
                 ep = await self._await_replica(last.deadline)
             try:
                 return await send(ep, True)
