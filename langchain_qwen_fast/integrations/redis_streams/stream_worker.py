@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from langchain_qwen_fast._stats import Histogram
 from langchain_qwen_fast.integrations.redis_streams.config import WorkerConfig, admission_capacity
 from langchain_qwen_fast.integrations.redis_streams.finish import FINISH_SCRIPT, Finish, dead_copy, stream_id
 from langchain_qwen_fast.integrations.redis_streams.jobs import (
@@ -48,7 +49,8 @@ except ImportError as e:  # pragma: no cover - depends on the install
 __all__ = ["StreamWorker"]
 log = logging.getLogger("langchain_qwen_fast.worker")
 
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
+#: Upper bounds of the job_seconds histogram (submit to result written), in seconds.
+JOB_SECONDS_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 #: After the drain deadline the loops get ``block_s`` (a blocking read ends by then) plus this long to end on their
 #: own, the writer to write the last answers (if Redis is away then, their jobs stay pending and are answered again
 #: elsewhere, once: SET NX).
@@ -77,8 +79,7 @@ class StreamWorker:
         self.counts: Counter[str] = Counter()
         self.dead_reasons: Counter[str] = Counter()
         self.failed_types: Counter[str] = Counter()
-        self.latency_buckets = [0] * len(_LATENCY_BUCKETS)
-        self.latency_sum = 0.0
+        self.job_seconds = Histogram(JOB_SECONDS_BOUNDS)  # summed across workers by Prometheus
         self.stream_lag: int | None = None
         self.stream_pending: int | None = None
 
@@ -306,15 +307,8 @@ class StreamWorker:
                     if f.dead:
                         self.counts["dead_lettered"] += 1
                     if f.submitted_at is not None and res == 1:
-                        self._observe(now - f.submitted_at)
+                        self.job_seconds.add(max(0.0, now - f.submitted_at))
                 self._release(f.entry)
-
-    def _observe(self, seconds: float) -> None:
-        self.latency_sum += max(0.0, seconds)
-        for i, le in enumerate(_LATENCY_BUCKETS):
-            if seconds <= le:
-                self.latency_buckets[i] += 1
-                break
 
     # -- keeping jobs fresh, reclaiming, trimming -----------------------------------------------
     async def _keep_loop(self) -> None:
@@ -407,8 +401,5 @@ class StreamWorker:
             "failed": dict(self.failed_types),
             "stream_lag": self.stream_lag,
             "stream_pending": self.stream_pending,
-            "job_seconds": {
-                "buckets": dict(zip(_LATENCY_BUCKETS, self.latency_buckets, strict=True)),
-                "sum": self.latency_sum,
-            },
+            "job_seconds": self.job_seconds.snapshot(),
         }
