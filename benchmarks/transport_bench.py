@@ -101,13 +101,19 @@ async def run_raw_aiohttp(url: str, n: int, inflight: int) -> int:
 
 async def run_engine(url: str, n: int, inflight: int) -> int:
     from langchain_qwen_fast._engines import AiohttpEngine, Limits
+    from langchain_qwen_fast._upstream.replicas import ReplicaSet
     from langchain_qwen_fast._upstream.transport import RetryPolicy, Transport
 
-    tr = Transport([url], AiohttpEngine(Limits(max_connections=inflight)), RetryPolicy(max_retries=0))
+    replicas = ReplicaSet([url], limit=inflight)
+    tr = Transport(replicas, AiohttpEngine(Limits(max_connections=inflight)), RetryPolicy(max_retries=0))
     headers = {"Content-Type": "application/json"}
     try:
         async def one() -> Any:
-            return await tr.post_json("/chat/completions", BODY, headers, time.monotonic() + 60.0, 60.0)
+            lease = replicas.admit(replicas.replicas[0], 1)
+            try:
+                return await tr.post_json("/chat/completions", BODY, headers, time.monotonic() + 60.0, 60.0, lease)
+            finally:
+                replicas.release(lease)
 
         return await _drive(n, inflight, one)
     finally:

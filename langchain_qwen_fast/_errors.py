@@ -12,7 +12,9 @@ Hierarchy (each also carries ``status_code``, ``body`` and ``url`` where there w
     ├── ModelAPIError              <- ServerError                5xx (retried)
     │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes it),
     │                                                            or an answer that is not HTTP (never retried)
-    ├── ModelConnectionError       <- APIConnectionError         reset, refused, DNS, truncated body (retried)
+    ├── ModelConnectionError       <- APIConnectionError         reset, refused, DNS, truncated body (retried);
+    │                                                            the only server down (cannot connect to it)
+    │                              <- AllReplicasDownError       every one of several replicas down
     └── ModelTimeoutError          <- DeadlineExceededError      the call's one deadline, or 408 (408 retried)
     RuntimeError                   <- ClientClosedError          the model was closed while the call waited
 
@@ -101,10 +103,13 @@ class APIConnectionError(ModelConnectionError, _HTTPInfo):
     maybe_sent: bool = True
     #: False for failures a retry cannot fix (a TLS certificate that fails verification).
     retryable: bool = True
+    #: What failed, in the HTTP library's words, without the URL (None where no library error caused it).
+    detail: str | None = None
 
 
 class AllReplicasDownError(APIConnectionError):
-    """Every replica is ejected; the message names each URL and the last error seen there."""
+    """Every replica of several is ejected; the message names each URL and the last error seen there.
+    (A model with one server says "cannot connect to URL" with a plain :class:`APIConnectionError`.)"""
 
     retryable = False
     maybe_sent = False
@@ -274,19 +279,35 @@ def connection_error(
     url: str, cause: BaseException, *, maybe_sent: bool, retryable: bool = True, why: str = ""
 ) -> APIConnectionError:
     """``retryable=False`` for failures a retry cannot fix; ``why`` says in words what the cause means."""
-    detail = _redact_text(str(cause))
-    url = redact_url(url)
-    text = f"connection to {url} failed: {type(cause).__name__}: {detail}"
+    detail = f"{type(cause).__name__}: {_redact_text(str(cause))}"
     if why:
-        text += f" -- {why}"
+        detail += f" -- {why}"
     cert = _is_certificate_error(cause)
     if cert:
-        text += (" -- the server's TLS certificate failed verification; for a private CA pass "
-                 "http_async_client=httpx.AsyncClient(verify=...) with its bundle")
-    exc = APIConnectionError(text)
+        detail += (" -- the server's TLS certificate failed verification; for a private CA pass "
+                   "http_async_client=httpx.AsyncClient(verify=...) with its bundle")
+    url = redact_url(url)
+    exc = APIConnectionError(f"connection to {url} failed: {detail}")
     exc._attach(None, None, url, None)
     exc.maybe_sent = maybe_sent
     exc.retryable = retryable and not cert  # the same certificate fails the same way on every retry
+    exc.detail = detail
+    return exc
+
+
+def server_down(base_url: str, what: str, *, answered: bool) -> APIConnectionError:
+    """The error of a model whose only server is down, worded for someone who gave one ``base_url``.
+
+    ``answered``: the server answered since the pool was created, so calls waited for it to come back
+    before this; else it never did (a wrong URL, or a server not started yet). ``what`` says what failed.
+    Final (``retryable=False``): the transport's retries are what came before it."""
+    url = redact_url(base_url)
+    head = f"{url} stopped answering and calls fail until it answers again" if answered else f"cannot connect to {url}"
+    check = f"qwen-fast doctor --base-url {url}"
+    exc = APIConnectionError(f"{head} ({what}); is the server running? (check with `{check}`)")
+    exc._attach(None, None, url, None)
+    exc.maybe_sent = False
+    exc.retryable = False
     return exc
 
 

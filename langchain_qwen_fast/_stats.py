@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -60,6 +62,35 @@ class Ring:
             "p99": pct(0.99),
             "max": data[-1] if data else None,
         }
+
+
+class Histogram:
+    """Counts per upper bound (the last one is +inf) and the sum of what was counted: a Prometheus histogram kept as
+    plain numbers, so ``stats()`` hands them out as a dict and a collector copies them on scrape.
+
+    A histogram, not a :class:`Ring`, where several processes' numbers must add up (a queue worker's job time:
+    Prometheus sums buckets across workers, and quantiles of a per-process window cannot be summed).
+    prometheus-client's own ``Histogram`` fixes its metric name when it is made and takes a lock per observation;
+    the collectors name their metrics and read only on scrape (``integrations/prometheus.py``).
+    """
+
+    __slots__ = ("bounds", "counts", "total")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        if list(bounds) != sorted(set(bounds)):
+            raise ValueError(f"histogram bounds must increase, got {list(bounds)}")
+        self.bounds = tuple(bounds) if bounds and bounds[-1] == math.inf else (*bounds, math.inf)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, value: float, n: int = 1) -> None:
+        """Count ``value`` (``n`` times) in the first bucket whose bound is at least it."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.total += value * n
+
+    def snapshot(self) -> dict[str, Any]:
+        """``{"buckets": {upper bound: count in that bucket alone}, "sum": total}``."""
+        return {"buckets": dict(zip(self.bounds, self.counts, strict=True)), "sum": self.total}
 
 
 class EndpointStats:

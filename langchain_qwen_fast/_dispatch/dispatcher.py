@@ -95,7 +95,7 @@ class Dispatcher:
     def __init__(self, transport: Transport, config: DispatchConfig) -> None:
         self.transport = transport
         self.replicas = transport.replicas
-        self.replicas.on_change = self._wake
+        self.replicas.bind(self._wake)
         self.config = config
         self.sched = Scheduler(config.flows)
         self.stats = DispatchStats()
@@ -172,8 +172,7 @@ class Dispatcher:
                 self._release(granted.result())
             raise
         try:
-            async for event in self.transport.stream_events(path, payload, headers, deadline_for(timeout), timeout,
-                                                            lease):
+            async for event in self.transport.sse_events(path, payload, headers, deadline_for(timeout), timeout, lease):
                 yield event
         finally:
             self._release(lease)

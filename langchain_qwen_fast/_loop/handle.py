@@ -16,6 +16,7 @@ from langchain_qwen_fast._dispatch.dispatcher import DispatchConfig, Dispatcher
 from langchain_qwen_fast._engines import Limits, make_engine
 from langchain_qwen_fast._errors import ClientClosedError
 from langchain_qwen_fast._loop.runtime import Runtime, get_runtime
+from langchain_qwen_fast._upstream.probe import HealthProbe
 from langchain_qwen_fast._upstream.replicas import HealthPolicy, ReplicaSet, RoutingPolicy
 from langchain_qwen_fast._upstream.transport import RetryPolicy, Transport
 
@@ -41,8 +42,9 @@ class DispatcherSettings:
         return ("dispatcher", self, id(self.async_client), id(self.sync_client))
 
     def build(self) -> Dispatcher:
-        replicas = ReplicaSet(self.urls, self.per_replica, self.total, self.headroom, self.health, self.routing)
         engine = make_engine(self.engine, self.limits, self.async_client, self.sync_client)
+        replicas = ReplicaSet(self.urls, self.per_replica, self.total, self.headroom, self.health, self.routing,
+                              prober=HealthProbe(engine))
         return Dispatcher(Transport(replicas, engine, self.retry), self.dispatch)
 
 

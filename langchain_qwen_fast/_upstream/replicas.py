@@ -25,6 +25,10 @@ Health is live:
   the last error seen there, and so does every new call until a probe brings one back. A retry
   that finds every replica ejected waits for a probe to bring one back, for at most the rest of
   that time, and then fails with that same error.
+- Except for a model's only server that has never answered since the pool was created: nothing was
+  restarted there (a wrong URL, or a server not started), so nothing is held for it. Its calls fail
+  after their own retries, and what waits at once, with "cannot connect to URL" and the doctor
+  command to check it, in no replica's words (the user gave one URL).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from langchain_qwen_fast._errors import (
     APIConnectionError,
     InvalidResponseError,
     ServerError,
+    server_down,
 )
 from langchain_qwen_fast._stats import EndpointStats
 from langchain_qwen_fast._upstream.affinity import AffinityTable
@@ -99,8 +104,8 @@ class Replica:
     ``outstanding`` counts HTTP requests on the wire (what the stats show).
     """
 
-    __slots__ = ("base", "busy_streak", "busy_until", "ejected", "failures", "inflight", "last_error", "limit",
-                 "lists", "name", "outstanding", "stats")
+    __slots__ = ("answered", "base", "busy_streak", "busy_until", "ejected", "failures", "inflight", "last_error",
+                 "limit", "lists", "name", "outstanding", "stats")
 
     def __init__(self, base: str, limit: int) -> None:
         self.base = base.rstrip("/")
@@ -113,6 +118,7 @@ class Replica:
         self.last_error: str | None = None
         self.busy_until = 0.0
         self.busy_streak = 0
+        self.answered = False  # an HTTP answer came from it since the pool was created
         self.stats = EndpointStats()
         #: Whether it takes a completions list (a ``prompt`` that is a list): None until a list was refused once
         #: and the dispatcher checked, False when it refuses them (vLLM's Rust front end): it gets chat requests.
@@ -141,14 +147,18 @@ class Lease:
         self.replica, self.seqs = replica, seqs
 
 
-#: What a probe returns: None when the replica answers, else the reason it does not.
-Prober = Callable[[Replica], Awaitable[str | None]]
+#: ``await prober(base_url, timeout)``: None when the server answers again, else the reason it does not
+#: (``probe.HealthProbe`` over the pool's engine).
+Prober = Callable[[str, float], Awaitable[str | None]]
 
 
 class ReplicaSet:
+    """The replicas of one pool. ``prober`` asks an ejected replica whether it answers again (without one,
+    only a call that gets through brings it back); :meth:`bind` names who is woken when one does."""
+
     def __init__(
         self, urls: Sequence[str], limit: int, total: int | None = None, headroom: int = 0,
-        health: HealthPolicy | None = None, routing: RoutingPolicy | None = None,
+        health: HealthPolicy | None = None, routing: RoutingPolicy | None = None, prober: Prober | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one base_url is needed")
@@ -166,13 +176,20 @@ class ReplicaSet:
         self._table = AffinityTable[Replica](self.routing.table_size)
         self.inflight = 0
         self._rr = 0
-        self.on_change: Callable[[], None] | None = None  # the dispatcher's pump
-        self.prober: Prober | None = None  # set by the transport
+        self.prober = prober
+        self.on_change: Callable[[], None] | None = None  # set once by bind()
         self._probes: dict[Replica, asyncio.Task[None]] = {}
         self.down_since: float | None = None  # when the last healthy replica was ejected
         self._waiters: list[asyncio.Future[None]] = []  # retries waiting for any replica to return
         self.closed = False
         check_distinct(urls)
+
+    def bind(self, on_change: Callable[[], None]) -> None:
+        """The dispatcher that admits work here: ``on_change()`` is called (on the loop) whenever a replica
+        takes work again, so work that waited for one moves at once. One dispatcher per set."""
+        if self.on_change is not None and self.on_change != on_change:
+            raise RuntimeError("this ReplicaSet is bound to another dispatcher already")
+        self.on_change = on_change
 
     # -- capacity and choice -------------------------------------------------------------
     def capacity(self) -> int:
@@ -239,17 +256,27 @@ class ReplicaSet:
     def all_down(self) -> bool:
         return self.down_since is not None
 
+    def never_answered(self) -> bool:
+        """The model has one server and it has not answered since the pool was created: a refusal there
+        is a wrong URL or a server not started, not a restart to wait for."""
+        return len(self.replicas) == 1 and not self.replicas[0].answered
+
     def fail_fast_in(self) -> float | None:
         """None while some replica is healthy; else seconds until waiting calls fail (0: now)."""
         if self.down_since is None:
             return None
+        if self.never_answered():
+            return 0.0
         return max(0.0, self.down_since + self.health.fail_after_s - time.monotonic())
 
-    def down_error(self) -> AllReplicasDownError:
+    def down_error(self) -> APIConnectionError:
+        """What calls fail with while every replica is down: for one server, about that server."""
+        if len(self.replicas) == 1:
+            r = self.replicas[0]
+            return server_down(r.base, r.last_error or "ejected", answered=r.answered)
         parts = "; ".join(f"{r.name}: {r.last_error or 'ejected'}" for r in self.replicas)
-        n = len(self.replicas)
-        what = "the only replica is" if n == 1 else f"all {n} replicas are"
-        return AllReplicasDownError(f"{what} down, calls fail until one answers again ({parts})")
+        return AllReplicasDownError(f"all {len(self.replicas)} replicas are down, calls fail until one answers "
+                                    f"again ({parts})")
 
     # -- admission -------------------------------------------------------------------------
     def admit(self, r: Replica, n: int) -> Lease:
@@ -285,6 +312,7 @@ class ReplicaSet:
     def succeeded(self, r: Replica, seconds: float) -> None:
         r.failures = 0
         r.busy_streak = 0
+        r.answered = True
         r.stats.ok(seconds)
         if r.ejected:  # a retry got through before the probe did
             self._restore(r)
@@ -292,6 +320,8 @@ class ReplicaSet:
     def failed(self, r: Replica, exc: BaseException) -> None:
         r.stats.error(type(exc).__name__)
         status = getattr(exc, "status_code", None)
+        if status is not None:  # an HTTP status came back: the server is there
+            r.answered = True
         if isinstance(exc, ServerError) and status == 503:
             r.busy_streak += 1
             pause = min(self.health.busy_max_s, self.health.busy_first_s * 2 ** (r.busy_streak - 1))
@@ -327,7 +357,7 @@ class ReplicaSet:
         try:
             while r.ejected and not self.closed and self.prober is not None:
                 await asyncio.sleep(delay)
-                why = await self.prober(r)
+                why = await self.prober(r.base, self.health.probe_timeout_s)
                 if not r.ejected:
                     return
                 if why is None:
@@ -357,6 +387,7 @@ class ReplicaSet:
 
     def _restore(self, r: Replica) -> None:
         r.ejected, r.failures, r.busy_streak = False, 0, 0
+        r.answered = True
         self.down_since = None
         waiters, self._waiters = self._waiters, []
         for fut in waiters:
@@ -379,8 +410,12 @@ class ReplicaSet:
 
 
 def _reason(exc: BaseException) -> str:
-    """A short, credential-free description of a failure for the all-down error and stats."""
-    text = str(exc)
-    if len(text) > 160:
-        text = text[:160] + "…"
-    return f"{type(exc).__name__}: {text}"
+    """A short, credential-free description of a failure for the all-down error and stats: for a connection
+    that failed, what the HTTP library said (the message names the server)."""
+    if isinstance(exc, APIConnectionError) and exc.detail:
+        return _clip(exc.detail)
+    return f"{type(exc).__name__}: {_clip(str(exc))}"
+
+
+def _clip(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"

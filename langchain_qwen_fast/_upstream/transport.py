@@ -1,29 +1,25 @@
-"""Transport: replicas, retries, the per-call deadline, error mapping and SSE, over one engine.
+"""Transport: one call's attempts over the replicas, its deadline, HTTP statuses and SSE, over one engine.
 
 A call's first attempt goes straight to the engine: a success pays nothing for the retry machinery.
-A retryable failure (connection error, 408, 429, 5xx) hands the call to tenacity: at most
-``max_retries`` more attempts, none started or slept past the deadline. The first attempt goes to
-the replica the dispatcher admitted the call on (:class:`~langchain_qwen_fast._upstream.replicas.Lease`); a
-retry never returns to the replica that just failed while another is healthy, and goes there at
-once. Only a retry on the same replica waits: exponential backoff with jitter, ``Retry-After``
-honoured. Health bookkeeping (ejection, 503 pauses, probes) lives in ``_replicas.py``; the probe's
-HTTP is here.
+A retryable failure (connection error, 408, 429, 5xx) enters a plain loop: :func:`retry.plan`
+decides where the next try goes and after how long (at most ``max_retries`` more, none started or
+slept past the deadline, never back to the replica that just failed while another is healthy); when
+every replica is down, the loop waits for a probe to bring one back. The first attempt goes to the
+replica the dispatcher admitted the call on (:class:`~langchain_qwen_fast._upstream.replicas.Lease`).
+Health bookkeeping (ejection, 503 pauses, probes) lives in ``replicas.py``; the probe's HTTP in
+``probe.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 
 from langchain_qwen_fast._engines import HttpEngine, RawResponse, StreamHandle
 from langchain_qwen_fast._errors import (
@@ -36,27 +32,13 @@ from langchain_qwen_fast._errors import (
     server_message,
 )
 from langchain_qwen_fast._upstream.replicas import Lease, Replica, ReplicaSet
+from langchain_qwen_fast._upstream.retry import Attempt, RetryPolicy, describe, plan
 from langchain_qwen_fast._upstream.sse import DONE, sse_event
-from langchain_qwen_fast._urls import server_root
 
 log = logging.getLogger("langchain_qwen_fast")
 T = TypeVar("T")
-#: One try: (the replica to send to, whether it is a retry) -> (the replica used, the result).
-_Attempt = Callable[[Replica, bool], Awaitable[T]]
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How often and how patiently a call is retried (replica health is ``_replicas.HealthPolicy``)."""
-
-    max_retries: int = 2
-    backoff_base: float = 0.5
-    backoff_max: float = 8.0
-    retry_after_max: float = 60.0
-
-    def __post_init__(self) -> None:
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+#: One try: (the replica to send to, whether it is a retry) -> the result.
+_Send = Callable[[Replica, bool], Awaitable[T]]
 
 
 #: The deadline of a call whose ``timeout`` is None (the openai SDK's default, too).
@@ -82,43 +64,13 @@ def parse_retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
-def _describe(exc: BaseException) -> str:
-    """Type, status and (credential-free) URL of a failure; never the body, never the prompt."""
-    status = getattr(exc, "status_code", None)
-    url = getattr(exc, "url", None)
-    return f"{type(exc).__name__}{f' {status}' if status else ''}{f' from {url}' if url else ''}"
-
-
 class Transport:
+    """How a call reaches a server: its attempts over ``replicas``, each through ``engine``."""
+
     def __init__(self, replicas: ReplicaSet, engine: HttpEngine, retry: RetryPolicy) -> None:
         self.replicas = replicas
         self.engine = engine
         self.retry = retry
-        replicas.prober = self.probe
-
-    def _record_failure(self, ep: Replica, exc: BaseException) -> None:
-        self.replicas.failed(ep, exc)
-        with contextlib.suppress(AttributeError):
-            exc._replica = ep  # type: ignore[attr-defined]  # lets a retry avoid this replica
-
-    async def probe(self, r: Replica) -> str | None:
-        """None when ``r`` answers HTTP again: ``/health`` 200 (vLLM, SGLang), or where a router has
-        no ``/health``, any non-5xx answer of ``/v1/models``; else why not."""
-        timeout = self.replicas.health.probe_timeout_s
-        root = server_root(r.base)
-        try:
-            raw = await asyncio.wait_for(self.engine.get(root + "/health", {}, timeout), timeout)
-            if raw.status == 200:
-                return None
-            if raw.status in (404, 405):
-                raw = await asyncio.wait_for(self.engine.get(r.base + "/models", {}, timeout), timeout)
-                if raw.status < 500:
-                    return None
-            return f"health probe answered HTTP {raw.status}"
-        except asyncio.TimeoutError:
-            return f"health probe timed out after {timeout} s"
-        except Exception as e:
-            return f"{type(e).__name__}: {e}"
 
     # -- one attempt ---------------------------------------------------------------------
     @staticmethod
@@ -131,7 +83,7 @@ class Transport:
     async def _attempt(
         self, path: str, body: bytes, headers: Mapping[str, str], deadline: float, timeout: float | None,
         lease: Lease, ep: Replica, retry: bool = False,
-    ) -> tuple[Replica, Any]:
+    ) -> Any:
         self.replicas.move(lease, ep)
         ep.stats.retries += retry
         url = ep.base + path
@@ -147,14 +99,13 @@ class Transport:
             except asyncio.TimeoutError:
                 raise deadline_error(url, timeout) from None
             data = self._decode(raw, url)
-        except BaseException as e:
-            if isinstance(e, Exception):
-                self._record_failure(ep, e)
+        except Exception as e:
+            self.replicas.failed(ep, e)
             raise
         finally:
             ep.outstanding -= 1
         self.replicas.succeeded(ep, time.monotonic() - t0)
-        return ep, data
+        return data
 
     @staticmethod
     def _decode(raw: RawResponse, url: str) -> Any:
@@ -172,100 +123,60 @@ class Transport:
                 raise connection_error(url, ValueError("body cut short"), maybe_sent=True) from None
             raise invalid_body(raw.status, raw.body, url, "the body is not JSON") from None
 
-    # -- retries -------------------------------------------------------------------------
-    def _delay(self, attempt: int, exc: BaseException, deadline: float) -> float:
-        ra = getattr(exc, "retry_after", None)
-        if ra is not None and ra <= self.retry.retry_after_max:
-            delay = ra
-        else:
-            cap = min(self.retry.backoff_max, self.retry.backoff_base * 2 ** (attempt - 1))
-            delay = cap * random.uniform(0.5, 1.0)
-        if time.monotonic() + delay >= deadline:
-            log.debug("qwen-fast: not retrying %s: waiting %.2fs would pass the deadline",
-                      _describe(exc), delay)
-            raise exc  # sleeping would pass the deadline: fail now with the real reason
-        log.debug("qwen-fast: retry %d of %d after %s, in %.2fs", attempt, self.retry.max_retries,
-                  _describe(exc), delay)
-        return delay
-
     async def post_json(
         self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
         timeout: float | None, lease: Lease,
     ) -> Any:
         body = orjson.dumps(payload)
 
-        def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, Any]]:
+        def send(ep: Replica, retry: bool) -> Awaitable[Any]:
             return self._attempt(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        return (await self._with_retries(attempt, deadline, lease.replica))[1]
+        return await self._with_retries(send, deadline, lease.replica)
 
-    async def _with_retries(self, attempt: _Attempt[T], deadline: float, first_ep: Replica) -> T:
-        """Run ``attempt`` once directly; on a retryable failure hand it to :meth:`_retry`."""
+    # -- retries -------------------------------------------------------------------------
+    async def _with_retries(self, send: _Send[T], deadline: float, first: Replica) -> T:
+        """Send once directly; on a retryable failure, go on in :meth:`_retry`."""
         try:
-            return await attempt(first_ep, False)
-        except Exception as first:
-            if not is_retryable(first) or self.retry.max_retries <= 0:
-                log.debug("qwen-fast: %s, not retried", _describe(first))
+            return await send(first, False)
+        except Exception as e:
+            if not is_retryable(e) or self.retry.max_retries <= 0:
+                log.debug("qwen-fast: %s, not retried", describe(e))
                 raise
-            failed = first
+            failed = Attempt(1, first, e, deadline)
         try:
-            return await self._retry(attempt, deadline, failed)
+            return await self._retry(send, failed)
         except Exception as last:
-            log.debug("qwen-fast: giving up after %s", _describe(last))
+            log.debug("qwen-fast: giving up after %s", describe(last))
             if self.replicas.all_down() and isinstance(last, APIConnectionError) and is_retryable(last):
                 raise self.replicas.down_error() from last
             raise
 
-    def _next(self, attempt_no: int, exc: BaseException, deadline: float) -> tuple[Replica, float]:
-        """Where the next try goes and how long to wait first: at once on another replica, after
-        backoff (or Retry-After) on the same one, and never before a 503 pause of that replica ends."""
-        failed = getattr(exc, "_replica", None)
-        ep = self.replicas.for_retry(failed)
-        if ep is not failed and not ep.ejected:
-            log.debug("qwen-fast: retry %d of %d after %s on another replica", attempt_no,
-                      self.retry.max_retries, _describe(exc))
-            return ep, 0.0
-        delay = self._delay(attempt_no, exc, deadline)
-        pause = ep.busy_until - time.monotonic()
-        if pause > delay:
-            if time.monotonic() + pause >= deadline:
-                raise exc
-            delay = pause
-        return ep, delay
+    async def _retry(self, send: _Send[T], last: Attempt) -> T:
+        """Try again until a try succeeds, fails in a way no retry helps, or :func:`retry.plan` gives up."""
+        while True:
+            nxt = plan(self.retry, self.replicas, last)
+            if nxt.delay:
+                await asyncio.sleep(nxt.delay)
+            ep = nxt.replica
+            # Every replica down: wait for a probe to bring one back (a restart), unless the only server never
+            # answered: nothing is restarting there, and this retry knocks again itself, after its backoff.
+            if self.replicas.all_down() and not self.replicas.never_answered():
+                ep = await self._await_replica(last.deadline)
+            try:
+                return await send(ep, True)
+            except Exception as e:
+                if not is_retryable(e):
+                    raise
+                last = last.then(ep, e)
 
-    async def _retry(self, attempt: _Attempt[T], deadline: float, first: BaseException) -> T:
-        target, delay = self._next(1, first, deadline)
-        nxt = [target]
-
-        def wait(state: RetryCallState) -> float:
-            if state.attempt_number >= self.retry.max_retries:
-                return 0.0  # tenacity asks for the wait before its stop check: there is no next try
-            exc = state.outcome.exception() if state.outcome else None
-            nxt[0], pause = self._next(state.attempt_number + 1, exc or first, deadline)
-            return pause
-
-        if delay:
-            await asyncio.sleep(delay)
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.retry.max_retries),
-            wait=wait,
-            retry=retry_if_exception(is_retryable),
-            reraise=True,
-        )
-        async for tried in retrying:
-            with tried:
-                if self.replicas.all_down():
-                    await self._await_replica(deadline, nxt)
-                return await attempt(nxt[0], True)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _await_replica(self, deadline: float, nxt: list[Replica]) -> None:
+    async def _await_replica(self, deadline: float) -> Replica:
         """Every replica is ejected: wait for a probe to bring one back (within the call's deadline
-        and the replicas' fail-fast time), then retry there; else fail with the all-down error."""
+        and the replicas' fail-fast time) and return where to retry; else fail with the all-down error."""
         left = min(deadline - time.monotonic(), self.replicas.fail_fast_in() or 0.0)
         if not await self.replicas.wait_healthy(left):
             raise self.replicas.down_error()
-        nxt[0] = self.replicas.for_retry(None)
+        return self.replicas.for_retry(None)
 
     # -- streaming -----------------------------------------------------------------------
     async def _open(
@@ -281,7 +192,7 @@ class Transport:
         except asyncio.TimeoutError:
             raise deadline_error(url, timeout) from None
         except Exception as e:
-            self._record_failure(ep, e)
+            self.replicas.failed(ep, e)
             raise
         if handle.status >= 400:
             try:
@@ -289,21 +200,22 @@ class Transport:
             finally:
                 await handle.close()
             exc = from_status(handle.status, raw, url, parse_retry_after(handle.headers))
-            self._record_failure(ep, exc)
+            self.replicas.failed(ep, exc)
             raise exc
         return ep, handle
 
-    async def stream_events(
+    async def sse_events(
         self, path: str, payload: Mapping[str, Any], headers: Mapping[str, str], deadline: float,
         timeout: float | None, lease: Lease,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Yield SSE data objects. Retries happen only before the first byte of the stream."""
+        """One streamed request: yield its server-sent events' data objects, up to ``[DONE]``. Retries
+        happen only before the first byte; a stream cut after that is an error, never a shorter answer."""
         body = orjson.dumps(payload)
 
-        def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
+        def send(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
             return self._open(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        ep, handle = await self._with_retries(attempt, deadline, lease.replica)
+        ep, handle = await self._with_retries(send, deadline, lease.replica)
         url = ep.base + path
         ep.outstanding += 1
         t0, done, events = time.monotonic(), False, 0
@@ -325,16 +237,15 @@ class Transport:
                 raise connection_error(url, ValueError("the stream ended before [DONE]"), maybe_sent=True)
             self.replicas.succeeded(ep, time.monotonic() - t0)
         except Exception as e:
-            self._record_failure(ep, e)
+            self.replicas.failed(ep, e)
             raise
         finally:
             ep.outstanding -= 1
             await handle.close()
-
 
     async def aclose(self) -> None:
         await self.replicas.aclose()
         await self.engine.aclose()
 
 
-__all__ = ["RetryPolicy", "Transport", "parse_retry_after", "server_message"]
+__all__ = ["RetryPolicy", "Transport", "deadline_for", "parse_retry_after", "server_message"]

@@ -31,6 +31,7 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError("the collectors need the 'queue' extra: pip install 'langchain-qwen-fast[queue]'") from e
 
+from langchain_qwen_fast._stats import Histogram
 from langchain_qwen_fast._urls import redact_url
 
 __all__ = ["QwenStatsCollector", "WorkerCollector"]
@@ -55,15 +56,23 @@ def _summary(name: str, doc: str, labels: tuple[str, ...], rows: list[tuple[tupl
     return fam
 
 
-def _batch_histogram(name: str, hist: Mapping[Any, int], labels: Mapping[str, str]) -> HistogramMetricFamily:
-    sizes = {int(k): int(v) for k, v in hist.items()}
-    buckets = [(repr(float(le)), float(sum(c for size, c in sizes.items() if size <= le))) for le in BATCH_BUCKETS]
-    buckets.append(("+Inf", float(sum(sizes.values()))))
-    total = float(sum(size * c for size, c in sizes.items()))
-    fam = HistogramMetricFamily(name, "Prompts per HTTP request (completions lists coalesce many).",
-                                labels=list(labels))
-    fam.add_metric(list(labels.values()), buckets, total)
+def _histogram(name: str, doc: str, snap: Mapping[str, Any], labels: Mapping[str, str]) -> HistogramMetricFamily:
+    """A histogram family from a ``_stats.Histogram`` snapshot: ``{"buckets": {upper bound: count}, "sum": s}``."""
+    buckets, running = [], 0
+    for le, n in snap["buckets"].items():
+        running += n
+        buckets.append(("+Inf" if math.isinf(le) else repr(float(le)), float(running)))
+    fam = HistogramMetricFamily(name, doc, labels=list(labels))
+    fam.add_metric(list(labels.values()), buckets, float(snap["sum"]))
     return fam
+
+
+def _batch_histogram(name: str, sizes: Mapping[Any, int], labels: Mapping[str, str]) -> HistogramMetricFamily:
+    """``stats()`` counts each batch size exactly; Prometheus gets them in :data:`BATCH_BUCKETS`."""
+    hist = Histogram(BATCH_BUCKETS)
+    for size, count in sizes.items():
+        hist.add(int(size), int(count))
+    return _histogram(name, "Prompts per HTTP request (completions lists coalesce many).", hist.snapshot(), labels)
 
 
 class QwenStatsCollector:
@@ -179,10 +188,4 @@ class WorkerCollector:
                          ("stream_pending", "Entries delivered to the group and not acknowledged.")):
             if s[key] is not None:
                 yield GaugeMetricFamily(f"{p}_{key}", doc, value=float(s[key]))
-        js = s["job_seconds"]
-        buckets, running = [], 0
-        for le, n in js["buckets"].items():
-            running += n
-            buckets.append(("+Inf" if math.isinf(le) else repr(float(le)), float(running)))
-        yield HistogramMetricFamily(f"{p}_job_seconds", "From submission to result written.", buckets=buckets,
-                                    sum_value=float(js["sum"]))
+        yield _histogram(f"{p}_job_seconds", "From submission to result written.", s["job_seconds"], {})

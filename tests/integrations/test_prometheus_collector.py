@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from langchain_qwen_fast import BatchedChatQwen
+from langchain_qwen_fast._stats import Histogram
 from langchain_qwen_fast.integrations.prometheus import QwenStatsCollector, WorkerCollector
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
@@ -126,3 +127,25 @@ def test_the_worker_collector_exports_jobs_lag_and_latency() -> None:
     assert m[("qwen_fast_worker_stream_lag", ())] == 9 and ("qwen_fast_worker_stream_pending", ()) not in m
     assert m[("qwen_fast_worker_job_seconds_bucket", (("le", "1.0"),))] == 6
     assert m[("qwen_fast_worker_job_seconds_count", ())] == 7
+
+
+def test_a_histogram_counts_each_value_in_its_first_bucket_at_or_above_it_and_exports_cumulatively() -> None:
+    hist = Histogram((0.1, 1.0))
+    for value in (0.05, 0.1, 0.5, 5.0):  # 0.1 is counted under le=0.1, as Prometheus's "less or equal"
+        hist.add(value)
+    hist.add(0.2, n=3)
+    assert hist.snapshot() == {"buckets": {0.1: 2, 1.0: 4, float("inf"): 1}, "sum": pytest.approx(6.25)}
+    with pytest.raises(ValueError, match="must increase"):
+        Histogram((1.0, 0.5))
+
+    class Worker:
+        def stats(self) -> dict[str, Any]:
+            return {"read_new": 0, "read_reclaimed": 0, "acked": 0, "results_written": 0, "duplicates": 0,
+                    "retried": 0, "dead_lettered": 0, "redis_errors": 0, "trimmed": 0, "dead_letter_reasons": {},
+                    "failed": {}, "in_flight": 0, "capacity": 8, "stream_lag": None, "stream_pending": None,
+                    "job_seconds": hist.snapshot()}
+
+    m = _scrape(WorkerCollector(Worker()))
+    buckets = {dict(k[1])["le"]: v for k, v in m.items() if k[0] == "qwen_fast_worker_job_seconds_bucket"}
+    assert buckets == {"0.1": 2, "1.0": 6, "+Inf": 7}
+    assert m[("qwen_fast_worker_job_seconds_sum", ())] == pytest.approx(6.25)

@@ -1,7 +1,8 @@
 """``StreamWorker`` in the test's own loop against a real redis-server and the simulator: bad input, duplicates,
-backpressure, reclaim and the heartbeat that keeps a live worker's slow job its own.
+backpressure, reclaim, the heartbeat that keeps a live worker's slow job its own, and the drain.
 
-Covers: integrations/redis_streams/stream_worker.py, integrations/redis_streams/finish.py."""
+Covers: integrations/redis_streams/stream_worker.py, integrations/redis_streams/finish.py,
+integrations/redis_streams/state.py."""
 
 from __future__ import annotations
 
@@ -42,19 +43,36 @@ def slow_sim() -> Iterator[SimServer]:
 
 
 @contextlib.asynccontextmanager
-async def running(url: str, base_url: str, **config: Any) -> AsyncIterator[StreamWorker]:
+async def serving(url: str, base_url: str, **config: Any) -> AsyncIterator[tuple[StreamWorker, asyncio.Event,
+                                                                                asyncio.Task[None]]]:
+    """A worker running in this loop: it, the event that stops it, and its ``run()`` task."""
     model = BatchedChatQwen(base_url=base_url, model=SIM_MODEL, max_tokens=16, max_retries=1, timeout=30)
     client = connect(url)
     worker = StreamWorker(client, model, WorkerConfig(stream=STREAM, group=GROUP, **config))
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:
-        yield worker
+        yield worker, stop, task
     finally:
         stop.set()
         await asyncio.wait_for(task, 40)
         await model.aclose()
         await client.aclose()
+
+
+async def stop_and_time(stop: asyncio.Event, task: asyncio.Task[None]) -> float:
+    """Stop a worker started by :func:`serving`; the seconds its ``run()`` took to return."""
+    loop = asyncio.get_running_loop()
+    stop.set()
+    t0 = loop.time()
+    await asyncio.wait_for(task, 30)
+    return loop.time() - t0
+
+
+@contextlib.asynccontextmanager
+async def running(url: str, base_url: str, **config: Any) -> AsyncIterator[StreamWorker]:
+    async with serving(url, base_url, **config) as (worker, _stop, _task):
+        yield worker
 
 
 def _job(doc: dict[str, Any]) -> bytes:
@@ -193,6 +211,63 @@ async def test_a_live_workers_slow_job_is_not_taken_over_by_another_worker(
         assert res.ok, res.error
         assert a.stats()["retried"] + b.stats()["retried"] == 0
     assert sim.stats()["prompts_served"] == served + 1
+    await r.aclose()
+
+
+async def test_a_stopped_worker_answers_what_it_holds_reads_nothing_more_and_returns(
+    redis_server: RedisServer, slow_sim: SimServer
+) -> None:
+    r = connect(redis_server.url)
+    async with JobQueue(r, STREAM) as q:
+        ids = await q.submit_many([f"drain {i}" for i in range(60)])
+        async with serving(redis_server.url, slow_sim.base_url, max_in_flight=8) as (worker, stop, task):
+            await wait_until(lambda: worker.stats()["in_flight"] == 8, 30, "the worker to hold 8 jobs")
+            took = await stop_and_time(stop, task)
+            stats = worker.stats()
+        assert took < 10, took  # it answered what it held and returned, long before drain_s (30 s)
+        assert stats["in_flight"] == 0 and stats["read_new"] == stats["results_written"] < 60, stats
+        assert (await r.xpending(STREAM, GROUP))["pending"] == 0  # all it took was answered and acknowledged
+        groups = {g["name"].decode(): g for g in await r.xinfo_groups(STREAM)}
+        assert groups[GROUP]["lag"] == 60 - stats["read_new"]  # the rest was never read: it waits in Redis
+        async with running(redis_server.url, slow_sim.base_url):  # and another worker answers it
+            results = await q.results(ids, timeout=60)
+    assert all(res.ok for res in results)
+    await r.aclose()
+
+
+async def test_a_job_still_unanswered_at_the_drain_deadline_stays_pending_and_another_worker_answers_it(
+    redis_server: RedisServer, sim: SimServer
+) -> None:
+    r = connect(redis_server.url)
+    async with JobQueue(r, STREAM) as q:
+        async with serving(redis_server.url, sim.base_url, drain_s=0.5, claim_idle_s=0.5) as (a, stop, task):
+            jid = await q.submit("[[fault:stall=3]] longer than the drain")
+            await wait_until(lambda: a.stats()["in_flight"] == 1, 10, "worker a to take the job")
+            took = await stop_and_time(stop, task)
+        assert took < 0.5 + a.config.block_s + 1.5, took  # the drain deadline, then the loops' own ends
+        assert (await r.xpending(STREAM, GROUP))["pending"] == 1 and await r.get(f"{STREAM}:result:{jid}") is None
+        async with running(redis_server.url, sim.base_url, claim_idle_s=0.5) as b:
+            res = await q.result(jid, timeout=30)
+            assert res.ok and res.worker == b.config.consumer, res
+            assert b.stats()["read_reclaimed"] == 1
+    assert (await r.xpending(STREAM, GROUP))["pending"] == 0
+    await r.aclose()
+
+
+async def test_a_draining_worker_keeps_its_held_jobs_fresh_so_a_slow_one_is_not_taken_over(
+    redis_server: RedisServer, sim: SimServer
+) -> None:
+    r = connect(redis_server.url)
+    async with JobQueue(r, STREAM) as q, serving(redis_server.url, sim.base_url, claim_idle_s=0.3) as (a, stop, task):
+        jid = await q.submit("[[fault:stall=2]] answered while its worker drains")  # 2 s > 6 idle periods
+        await wait_until(lambda: a.stats()["in_flight"] == 1, 10, "worker a to take the job")
+        served = sim.stats()["prompts_served"]
+        async with running(redis_server.url, sim.base_url, claim_idle_s=0.3) as b:
+            await stop_and_time(stop, task)  # a drains: it still answers the job it holds, and still heartbeats it
+            res = await q.result(jid, timeout=30)
+            assert res.ok and res.worker == a.config.consumer, res
+            assert b.stats()["retried"] == 0
+    assert sim.stats()["prompts_served"] == served + 1  # one model call: b never took it over
     await r.aclose()
 
 

@@ -9,6 +9,7 @@ Covers: _upstream/transport.py, _upstream/sse.py, _engines/, _dispatch/dispatche
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +20,7 @@ from support import free_port
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._errors import (
+    AllReplicasDownError,
     APIConnectionError,
     BadRequestError,
     ContextLengthError,
@@ -310,6 +312,50 @@ def test_unreachable_server_is_a_quick_connection_error_naming_the_url(make_mode
     for e in [*outs, ei.value]:
         assert url in str(e), str(e)
         assert e.maybe_sent is False  # type: ignore[attr-defined]
+
+
+def test_a_server_that_never_answered_fails_in_the_time_of_its_retries_with_a_message_about_that_server(
+    make_model: MakeModel,
+) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    model = make_model(url)  # default retries (2) and backoff (0.25-0.5 s, then 0.5-1 s)
+    led = Ledger("one server that never answered (default retries)", errors=(APIConnectionError,))
+    (one,), (p,) = led.prompts(1)
+    t0 = time.monotonic()
+    with pytest.raises(APIConnectionError) as ei:
+        model.invoke(p)
+    elapsed = time.monotonic() - t0
+    led.record(one, ei.value)
+    led.check(max_answered=0, min_failed=1)
+    note(f"one server that never answered: the call failed in {elapsed:.2f} s")
+    assert model.stats()["endpoints"][url]["retries"] == 2  # retried, after the backoff
+    assert 0.7 <= elapsed < 2.5, elapsed  # the two backoffs; not the 3 s hold of every replica down
+    msg = str(ei.value)
+    assert not isinstance(ei.value, AllReplicasDownError)
+    assert msg.startswith(f"cannot connect to {url} (ClientConnectorError: "), msg
+    assert msg.endswith(f"is the server running? (check with `qwen-fast doctor --base-url {url}`)"), msg
+    assert "replica" not in msg and "/health" not in msg
+
+
+@pytest.mark.timeout(60)
+def test_the_only_server_killed_after_answering_and_restarted_fails_no_call_made_meanwhile(
+    scratch_sim: Callable[..., SimServer], make_model: MakeModel
+) -> None:
+    srv = scratch_sim(latency="zero")
+    model = make_model(srv)
+    led = Ledger("the only server SIGKILLed after answering, restarted 0.5 s later")
+    ids, prompts = led.prompts(2)
+    led.record(ids[0], model.invoke(prompts[0]))
+    srv.kill()
+    restart = threading.Timer(0.5, srv.restart)
+    restart.start()
+    t0 = time.monotonic()
+    led.record(ids[1], model.invoke(prompts[1]))  # made while it is down: waits for it, as for a restart
+    elapsed = time.monotonic() - t0
+    restart.join()
+    led.check(min_answered=2)
+    note(f"the only server restarted: the call made while it was down was answered after {elapsed:.2f} s")
+    assert elapsed >= 0.5, elapsed
 
 
 # -- one bad input among many ----------------------------------------------------------------------

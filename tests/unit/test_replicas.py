@@ -129,14 +129,13 @@ def test_every_replica_down_names_each_url_and_its_last_error() -> None:
 async def test_an_ejected_replica_is_probed_back_with_backoff() -> None:
     calls: list[float] = []
 
-    async def probe(r: object) -> str | None:
+    async def probe(base: str, timeout: float) -> str | None:
         calls.append(time.monotonic())
         return None if len(calls) >= 3 else "connection refused"
 
     woke: list[bool] = []
-    rs = ReplicaSet(URLS[:1], limit=8, health=HealthPolicy(probe_first_s=0.02, probe_max_s=0.1))
-    rs.prober = probe
-    rs.on_change = lambda: woke.append(True)
+    rs = ReplicaSet(URLS[:1], limit=8, health=HealthPolicy(probe_first_s=0.02, probe_max_s=0.1), prober=probe)
+    rs.bind(lambda: woke.append(True))
     a = rs.replicas[0]
     rs.failed(a, refused(a.base))
     assert rs.all_down()
@@ -149,11 +148,10 @@ async def test_an_ejected_replica_is_probed_back_with_backoff() -> None:
 
 
 async def test_waiting_for_a_replica_gives_up_after_its_timeout() -> None:
-    async def probe(r: object) -> str | None:
+    async def probe(base: str, timeout: float) -> str | None:
         return "still refused"
 
-    rs = ReplicaSet(URLS[:1], limit=8, health=HealthPolicy(probe_first_s=0.01, probe_max_s=0.02))
-    rs.prober = probe
+    rs = ReplicaSet(URLS[:1], limit=8, health=HealthPolicy(probe_first_s=0.01, probe_max_s=0.02), prober=probe)
     rs.failed(rs.replicas[0], refused(URLS[0]))
     t0 = time.monotonic()
     assert not await rs.wait_healthy(0.1)
@@ -161,6 +159,23 @@ async def test_waiting_for_a_replica_gives_up_after_its_timeout() -> None:
     assert "still refused" in str(rs.down_error())
     await rs.aclose()
     await asyncio.sleep(0)
+
+
+def test_a_replica_set_is_bound_to_one_dispatcher() -> None:
+    rs = ReplicaSet(URLS[:1], limit=8)
+    woke: list[str] = []
+
+    def wake() -> None:
+        woke.append("first")
+
+    rs.bind(wake)
+    rs.bind(wake)  # the same one again is harmless
+    with pytest.raises(RuntimeError, match="another dispatcher"):
+        rs.bind(lambda: woke.append("second"))
+    a = rs.replicas[0]
+    rs.failed(a, refused(a.base))
+    rs.succeeded(a, 0.01)  # a call got through: it takes work again, and the bound dispatcher hears of it
+    assert woke == ["first"]
 
 
 def test_a_replica_listed_twice_is_refused() -> None:

@@ -2,7 +2,8 @@
 
 The modules: ``stream_worker`` (the consumer: reads, answers, acknowledges, reclaims), ``producer`` (the
 producer side), ``jobs`` (the job and result formats), ``finish`` (the one server-side script that writes a
-result, announces it and acknowledges the job), ``config`` (the worker's settings). The names below load
+result, announces it and acknowledges the job), ``config`` (the worker's settings), ``state`` (the worker's
+phases and the jobs it holds). The names below load
 on first use, so the job formats stay importable without redis-py.
 """
 

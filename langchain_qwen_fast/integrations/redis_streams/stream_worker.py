@@ -8,7 +8,8 @@ lists under the same admission limit. The result is written, announced to its pr
 acknowledged in one server-side script: a job is never acknowledged without its result, and a job
 delivered twice is answered once (``SET NX`` on the result key). A worker that dies leaves its jobs
 pending; after ``claim_idle_s`` another worker takes them over (XAUTOCLAIM), while live workers keep
-their own jobs fresh (XCLAIM JUSTID), so a slow model call is never taken over.
+their own jobs fresh (XCLAIM JUSTID), so a slow model call is never taken over. What the worker holds and
+what each loop does while it runs, drains and stops is in ``state.py``.
 
 The producer side (``JobQueue``, ``SyncJobQueue``) lives in ``producer.py``; the formats are in
 ``jobs.py`` and docs/scaling.md.
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from langchain_qwen_fast._stats import Histogram
 from langchain_qwen_fast.integrations.redis_streams.config import WorkerConfig, admission_capacity
 from langchain_qwen_fast.integrations.redis_streams.finish import FINISH_SCRIPT, Finish, dead_copy, stream_id
 from langchain_qwen_fast.integrations.redis_streams.jobs import (
@@ -37,6 +39,7 @@ from langchain_qwen_fast.integrations.redis_streams.jobs import (
     parse_job,
     route,
 )
+from langchain_qwen_fast.integrations.redis_streams.state import HeldJobs, WorkerState
 
 try:
     from redis.exceptions import RedisError, ResponseError
@@ -46,7 +49,14 @@ except ImportError as e:  # pragma: no cover - depends on the install
 __all__ = ["StreamWorker"]
 log = logging.getLogger("langchain_qwen_fast.worker")
 
-_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, float("inf"))
+#: Upper bounds of the job_seconds histogram (submit to result written), in seconds.
+JOB_SECONDS_BOUNDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+#: After the drain deadline the loops get ``block_s`` (a blocking read ends by then) plus this long to end on their
+#: own, the writer to write the last answers (if Redis is away then, their jobs stay pending and are answered again
+#: elsewhere, once: SET NX).
+_FLUSH_S = 1.0
+#: A loop that ignores its last-resort cancel (redis-py#2028) is waited for this long, then left behind.
+_CANCEL_WAIT_S = 2.0
 
 
 def _str(v: Any) -> str:
@@ -61,19 +71,15 @@ class StreamWorker:
         self.keys = Keys(config.stream)
         self.capacity = config.max_in_flight or admission_capacity(model)
         self._finish = client.register_script(FINISH_SCRIPT)
-        self._busy: set[bytes] = set()  # entries this worker holds: being answered or being written
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.state = WorkerState()
+        self.held = HeldJobs(self.capacity)  # read or reclaimed, not yet acknowledged: being answered or written
+        self._tasks: set[asyncio.Task[None]] = set()  # model calls (answers)
         self._outbox: list[Finish] = []
-        self._room = asyncio.Event()
-        self._work = asyncio.Event()
-        self._stopping = asyncio.Event()
-        self._closing = False  # set after the drain: the writer returns once its outbox is empty
         self._claim_cursor = "0-0"
         self.counts: Counter[str] = Counter()
         self.dead_reasons: Counter[str] = Counter()
         self.failed_types: Counter[str] = Counter()
-        self.latency_buckets = [0] * len(_LATENCY_BUCKETS)
-        self.latency_sum = 0.0
+        self.job_seconds = Histogram(JOB_SECONDS_BOUNDS)  # summed across workers by Prometheus
         self.stream_lag: int | None = None
         self.stream_pending: int | None = None
 
@@ -87,7 +93,7 @@ class StreamWorker:
                 raise
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until ``stop`` is set, then stop reading, finish what is held (up to ``drain_s``) and return.
+        """Serve until ``stop`` is set, then drain: stop reading, finish what is held (up to ``drain_s``) and return.
         Jobs still unanswered then stay pending in Redis and go to another worker after ``claim_idle_s``."""
         stop = stop or asyncio.Event()
         while True:
@@ -96,33 +102,42 @@ class StreamWorker:
                 break
             except (RedisError, OSError) as e:
                 self._redis_error("create group", e)
-                if await self._sleep_or(stop, 0.5):
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                if stop.is_set():
                     return
-        reader = asyncio.create_task(self._read_loop(), name="qwen-worker-read")
-        writer = asyncio.create_task(self._write_loop(), name="qwen-worker-write")
-        keeper = asyncio.create_task(self._keep_loop(), name="qwen-worker-keep")
+        reader = self._spawn(self._read_loop(), "qwen-worker-read")
+        writer = self._spawn(self._write_loop(), "qwen-worker-write")
+        keeper = self._spawn(self._keep_loop(), "qwen-worker-keep")
         try:
             await stop.wait()
         finally:
-            # Loops end on flags, never by cancelling a task blocked in redis-py: a cancel that lands as a command
-            # starts can be swallowed there (redis-py#2028; reproduced with redis-py 8.1), and the task runs on.
-            self._stopping.set()
-            self._room.set()
-            deadline = time.monotonic() + self.config.drain_s
-            await asyncio.wait([reader], timeout=self.config.block_s + 5)
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=max(0.1, deadline - time.monotonic()))
-            for t in list(self._tasks):
-                t.cancel()  # unanswered: they stay pending and go to another worker
-            self._closing = True
-            self._work.set()
-            await asyncio.wait([writer], timeout=max(1.0, deadline - time.monotonic()))
-            await asyncio.wait([keeper], timeout=self.config.claim_interval_s + 5)
-            left = [t for t in (reader, writer, keeper, *self._tasks) if not t.done()]
-            for t in left:
-                t.cancel()
-            if left:
-                await asyncio.wait(left, timeout=2)
+            await self._drain(reader, writer, keeper)
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[None]:
+        task = asyncio.create_task(coro, name=name)
+        task.add_done_callback(lambda _: self.state.changed())
+        return task
+
+    async def _drain(self, reader: asyncio.Task[None], *loops: asyncio.Task[None]) -> None:
+        """running -> draining -> stopped (``state.py`` says what each loop does in each), within one deadline."""
+        deadline = self.state.drain(self.config.drain_s)
+        await self.state.until(lambda: reader.done() and not self._tasks, deadline - time.monotonic())
+        if self._tasks:
+            log.warning("drain: %d model calls still running after %.1f s are cancelled; their jobs stay pending "
+                        "for another worker (%d jobs held, the oldest for %.1f s)", len(self._tasks),
+                        self.config.drain_s, len(self.held), self.held.oldest_s() or 0.0)
+        self.state.stop()
+        for t in list(self._tasks):
+            t.cancel()  # unanswered: they stay pending and go to another worker
+        left = [t for t in (reader, *loops, *self._tasks) if not t.done()]
+        if left:
+            end = max(deadline, time.monotonic() + self.config.block_s + _FLUSH_S)
+            _, stuck = await asyncio.wait(left, timeout=end - time.monotonic())
+            for t in stuck:
+                t.cancel()  # last resort: a loop still in a Redis command well past the deadline
+            if stuck:
+                await asyncio.wait(stuck, timeout=_CANCEL_WAIT_S)
 
     async def healthy(self) -> bool:
         try:
@@ -130,18 +145,16 @@ class StreamWorker:
         except (RedisError, OSError, asyncio.TimeoutError):
             return False
 
-    # -- reading --------------------------------------------------------------------------------
+    # -- reading ----------------------------------------------------------------------------------
     async def _read_loop(self) -> None:
-        cfg = self.config
-        while not self._stopping.is_set():
-            free = self.capacity - len(self._busy)
-            if free <= 0:
-                self._room.clear()
-                await self._room.wait()
+        cfg, state, held = self.config, self.state, self.held
+        while state.does("read"):
+            if held.free <= 0:
+                await state.until(lambda: held.free > 0 or not state.does("read"))
                 continue
             try:
                 resp = await self.client.xreadgroup(
-                    cfg.group, cfg.consumer, {cfg.stream: ">"}, count=free, block=int(cfg.block_s * 1000)
+                    cfg.group, cfg.consumer, {cfg.stream: ">"}, count=held.free, block=int(cfg.block_s * 1000)
                 )
             except ResponseError as e:
                 if "NOGROUP" in str(e):  # the stream was deleted, or Redis came back without its data
@@ -157,27 +170,38 @@ class StreamWorker:
                 continue
             try:
                 for _stream, entries in resp or ():
-                    await self._accept(entries, reclaimed=False)
+                    await self._intake([(eid, fields, 1) for eid, fields in entries], source="new")
             except Exception:  # a bug must not stop the reader; the entries stay pending and are reclaimed
                 log.exception("accepting jobs failed")
 
-    async def _accept(self, entries: list[tuple[bytes, dict[bytes, bytes] | None]], *, reclaimed: bool) -> None:
+    async def _intake(self, entries: list[tuple[bytes, dict[bytes, bytes] | None, int]], *, source: str) -> None:
+        """Take entries this worker was just given (read new, or reclaimed with their delivery counts): hold each
+        once, answer at once what needs no model (deleted, delivered too often, bad, answered already), and start
+        one model call per parameter set for the rest."""
+        if not self.state.does("answer"):
+            return  # stopped: they stay pending under this consumer and go to another worker after claim_idle_s
+        cfg = self.config
         jobs: list[tuple[bytes, Job]] = []
-        for eid, fields in entries:
-            if eid in self._busy:
-                continue  # a heartbeat took back one of our own jobs: it is already being answered
-            self._busy.add(eid)
-            self.counts["read_reclaimed" if reclaimed else "read_new"] += 1
+        for eid, fields, deliveries in entries:
+            if not self.held.take(eid, deliveries):
+                continue  # XAUTOCLAIM handed back one of our own entries: it is being answered already
+            self.counts[f"read_{source}"] += 1
+            if source == "reclaimed":
+                self.counts["retried"] += 1
             if fields is None:  # deleted from the stream while pending: nothing left to answer
                 self._queue(Finish(eid))
-                continue
-            raw = fields.get(JOB_FIELD)
-            try:
-                if raw is None:
-                    raise BadJob(f"the stream entry has no '{JOB_FIELD.decode()}' field")
-                jobs.append((eid, parse_job(raw, max_bytes=self.config.max_job_bytes)))
-            except BadJob as e:
-                self._dead_letter(eid, fields, str(e), "bad_job")
+            elif deliveries > cfg.max_deliveries:
+                self._dead_letter(eid, fields, f"delivered {deliveries} times without an answer "
+                                  f"(max_deliveries={cfg.max_deliveries}): a worker died on it each time?",
+                                  "max_deliveries")
+            else:
+                try:
+                    raw = fields.get(JOB_FIELD)
+                    if raw is None:
+                        raise BadJob(f"the stream entry has no '{JOB_FIELD.decode()}' field")
+                    jobs.append((eid, parse_job(raw, max_bytes=cfg.max_job_bytes)))
+                except BadJob as e:
+                    self._dead_letter(eid, fields, str(e), "bad_job")
         if not jobs:
             return
         try:  # answered already (enqueued twice, or redelivered after its result was written): acknowledge only
@@ -198,7 +222,11 @@ class StreamWorker:
         for group in groups.values():
             task = asyncio.create_task(self._answer(group))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._answered)
+
+    def _answered(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.state.changed()
 
     async def _answer(self, group: list[tuple[bytes, Job]]) -> None:
         """One ``abatch`` per read and parameter set: the fast batch path costs a fifth of one ``ainvoke`` per
@@ -236,22 +264,21 @@ class StreamWorker:
     # -- writing --------------------------------------------------------------------------------
     def _queue(self, fin: Finish) -> None:
         self._outbox.append(fin)
-        self._work.set()
+        self.state.changed()
 
     def _release(self, eid: bytes) -> None:
-        self._busy.discard(eid)
-        self._room.set()
+        self.held.release(eid)
+        self.state.changed()
 
     async def _write_loop(self) -> None:
         """Write results in pipelined batches; a batch that fails on the connection is sent again (the script is
         idempotent), so a Redis restart delays answers but loses none."""
-        cfg, keys = self.config, self.keys
+        cfg, keys, state = self.config, self.keys, self.state
         while True:
             if not self._outbox:
-                if self._closing:
+                if not state.does("answer"):  # stopped: no answer can come any more
                     return
-                self._work.clear()
-                await self._work.wait()
+                await state.until(lambda: bool(self._outbox) or not state.does("answer"))
                 continue
             batch = self._outbox[:256]
             try:
@@ -280,47 +307,40 @@ class StreamWorker:
                     if f.dead:
                         self.counts["dead_lettered"] += 1
                     if f.submitted_at is not None and res == 1:
-                        self._observe(now - f.submitted_at)
+                        self.job_seconds.add(max(0.0, now - f.submitted_at))
                 self._release(f.entry)
-
-    def _observe(self, seconds: float) -> None:
-        self.latency_sum += max(0.0, seconds)
-        for i, le in enumerate(_LATENCY_BUCKETS):
-            if seconds <= le:
-                self.latency_buckets[i] += 1
-                break
 
     # -- keeping jobs fresh, reclaiming, trimming -----------------------------------------------
     async def _keep_loop(self) -> None:
-        cfg = self.config
+        cfg, state = self.config, self.state
         last_trim = time.monotonic()
-        while not self._stopping.is_set():
+        while state.does("heartbeat"):
             try:
                 await self._heartbeat()
-                await self._reclaim()
-                await self._measure_lag()
-                if cfg.trim_interval_s and time.monotonic() - last_trim >= cfg.trim_interval_s:
-                    await self.trim()
-                    last_trim = time.monotonic()
+                if state.does("reclaim"):
+                    await self._reclaim()
+                    await self._measure_lag()
+                    if cfg.trim_interval_s and time.monotonic() - last_trim >= cfg.trim_interval_s:
+                        await self.trim()
+                        last_trim = time.monotonic()
             except Exception as e:  # heartbeats must go on; a failed round is tried again
                 self._redis_error("reclaim", e)
-            await self._sleep_or(self._stopping, cfg.claim_interval_s)
+            await state.until(lambda: not state.does("heartbeat"), cfg.claim_interval_s)
 
     async def _heartbeat(self) -> None:
-        held = list(self._busy)
+        held = self.held.ids()
         for i in range(0, len(held), 1000):
             await self.client.xclaim(self.config.stream, self.config.group, self.config.consumer, 0,
                                      held[i : i + 1000], justid=True)
 
     async def _reclaim(self) -> None:
         cfg = self.config
-        free = self.capacity - len(self._busy)
-        if free <= 0 or self._stopping.is_set():
+        if self.held.free <= 0:
             return
         resp = await self.client.xautoclaim(cfg.stream, cfg.group, cfg.consumer, int(cfg.claim_idle_s * 1000),
-                                            start_id=self._claim_cursor, count=free)
+                                            start_id=self._claim_cursor, count=self.held.free)
         self._claim_cursor = _str(resp[0])
-        claimed = [(eid, fields) for eid, fields in resp[1] if eid not in self._busy]
+        claimed = [(eid, fields) for eid, fields in resp[1] if eid not in self.held]
         if len(resp) > 2 and resp[2]:  # pending entries whose stream entry was deleted
             await self.client.xack(cfg.stream, cfg.group, *resp[2])
             self.counts["acked"] += len(resp[2])
@@ -330,19 +350,8 @@ class StreamWorker:
             for eid, _ in claimed:
                 p.xpending_range(cfg.stream, cfg.group, eid, eid, 1)
             info = await p.execute()
-        fresh = []
-        for (eid, fields), rows in zip(claimed, info, strict=True):
-            delivered = rows[0]["times_delivered"] if rows else 1
-            self.counts["retried"] += 1
-            if delivered > cfg.max_deliveries and fields is not None:
-                self._busy.add(eid)
-                self.counts["read_reclaimed"] += 1
-                self._dead_letter(eid, fields, f"delivered {delivered} times without an answer "
-                                  f"(max_deliveries={cfg.max_deliveries}): a worker died on it each time?",
-                                  "max_deliveries")
-            else:
-                fresh.append((eid, fields))
-        await self._accept(fresh, reclaimed=True)
+        await self._intake([(eid, fields, rows[0]["times_delivered"] if rows else 1)
+                            for (eid, fields), rows in zip(claimed, info, strict=True)], source="reclaimed")
 
     async def _measure_lag(self) -> None:
         for g in await self.client.xinfo_groups(self.config.stream):
@@ -372,11 +381,6 @@ class StreamWorker:
         return removed
 
     # -- helpers --------------------------------------------------------------------------------
-    async def _sleep_or(self, event: asyncio.Event, seconds: float) -> bool:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
-        return event.is_set()
-
     def _redis_error(self, what: str, e: BaseException) -> None:
         if isinstance(e, (RedisError, OSError)):
             self.counts["redis_errors"] += 1
@@ -389,7 +393,7 @@ class StreamWorker:
         return {
             "consumer": self.config.consumer,
             "capacity": self.capacity,
-            "in_flight": len(self._busy),
+            "in_flight": len(self.held),
             "outbox": len(self._outbox),
             **{k: self.counts[k] for k in ("read_new", "read_reclaimed", "acked", "results_written", "duplicates",
                                            "retried", "dead_lettered", "redis_errors", "trimmed")},
@@ -397,8 +401,5 @@ class StreamWorker:
             "failed": dict(self.failed_types),
             "stream_lag": self.stream_lag,
             "stream_pending": self.stream_pending,
-            "job_seconds": {
-                "buckets": dict(zip(_LATENCY_BUCKETS, self.latency_buckets, strict=True)),
-                "sum": self.latency_sum,
-            },
+            "job_seconds": self.job_seconds.snapshot(),
         }
