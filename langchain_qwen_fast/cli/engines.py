@@ -181,6 +181,9 @@ class Launcher:
         log_dir = cfg.log_dir or Path(tempfile.mkdtemp(prefix="qwen-fast-engines-"))
         self._own_pipe = Path(tempfile.mkdtemp(prefix="qwen-fast-mps-", dir=_short_tmp()))
         plan = make_plan(cfg, os.environ, self._own_pipe, log_dir / "mps")
+        if plan.mps.pipe_dir != self._own_pipe:  # not needed: nothing of it is left behind, even by a SIGKILL
+            shutil.rmtree(self._own_pipe, ignore_errors=True)
+            self._own_pipe = None
         check_ports_free(cfg.host, [s.port for s in plan.slots])
         log_dir.mkdir(parents=True, exist_ok=True)
         where = f" on GPU {','.join(str(g.index) for g in plan.gpus)}" if cfg.gpus is not None else ""

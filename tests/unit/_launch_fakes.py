@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -243,9 +244,16 @@ class Launches:
         return pids + [int(line.split()[1]) for line in lines if line.startswith("start ")]
 
     def cleanup(self) -> None:
-        """Also when the test failed: nothing may outlive it."""
+        """Also when the test failed: nothing may outlive it. A launcher still running is stopped as a user
+        would (SIGTERM, so it removes its MPS pipe directory); what a killed one left is removed here."""
         for run in self.runs:
-            run.child.kill()
+            run.child.stop(timeout=10)
         for pid in self.recorded_pids():
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+        log = self.rec / "mps.log"
+        for line in log.read_text().splitlines() if log.exists() else []:
+            if line.startswith("start "):
+                pipe = json.loads(line.split(" ", 2)[2])["CUDA_MPS_PIPE_DIRECTORY"]
+                if pipe and Path(pipe).name.startswith("qwen-fast-mps-"):
+                    shutil.rmtree(pipe, ignore_errors=True)
