@@ -218,8 +218,8 @@ class Launcher:
                 _say(failed)
                 self._daemon = None
             else:
-                _say(f"MPS: control daemon pid {self._daemon.child.pid} serves the servers ({self._daemon.command()}; "
-                     "log in its CUDA_MPS_LOG_DIRECTORY); it stops with them, --no-mps leaves it out")
+                _say(f"MPS: control daemon pid {self._daemon.child.pid} serves the servers ({self._daemon.command()}, "
+                     f"its log {self._daemon.child.log_path}); it stops with them, --no-mps leaves it out")
         self._watch = MpsWatch(plan.mps, self._daemon)
 
     def _check_mps(self) -> None:
@@ -231,6 +231,7 @@ class Launcher:
         """None once every server answers /health; else the exit code (0: a signal came first)."""
         pending, deadline, next_note = list(self.servers), t0 + self.cfg.startup_timeout, t0 + 30.0
         while pending and not self.signals:
+            self._check_mps()
             dead = []
             for s in self.servers:  # the ready ones too: one may die while the others still start
                 try:
@@ -245,7 +246,6 @@ class Launcher:
                      f"start-up; last lines of {s.log_path}:\n{s.tail()}")
             if dead:
                 return 1
-            self._check_mps()
             now = time.monotonic()
             if pending and now >= deadline:
                 for s in pending:
@@ -280,6 +280,7 @@ class Launcher:
         the MPS daemon's death, which stops nothing."""
         live = list(self.servers)
         while not self.signals:
+            self._check_mps()  # first: a daemon that died is why its servers die next
             for s in [s for s in live if s.child.returncode is not None]:
                 live.remove(s)
                 _say(f"server {s.base_url} (pid {s.child.pid}) exited with code {s.child.returncode}; "
@@ -290,7 +291,6 @@ class Launcher:
                     _say("no server left")
                     return 1
                 _say(f"--keep-going: {len(live)} server(s) still serving")
-            self._check_mps()
             time.sleep(0.25)
         return 0
 

@@ -28,9 +28,15 @@ its clients share. The launcher's decisions, in order:
   run without MPS (their pipe directory then has no daemon).
 
 Every case that leaves MPS out is one line. The launcher's own daemon is stopped after the servers: ``quit``
-through the control binary with the same pipe directory, then SIGTERM and SIGKILL to its PID. A daemon that dies
-while the servers run is reported once; the servers keep their MPS contexts, but a CUDA context created after it
-(a server restarted by hand) runs without MPS.
+through the control binary with the same pipe directory, then SIGTERM and SIGKILL to its process group (its MPS
+server is its child, in that group). In the foreground it logs to stdout, which goes to ``LOG_DIR/mps/control.log``.
+
+What the daemon's death does, seen on one H100 (driver 580, MPS control 13000): its MPS server goes with it, after
+SIGTERM and after SIGKILL alike, and a PyTorch client connected to it failed with a CUDA error at its next kernel;
+a CUDA process started afterwards ran, without MPS. So a daemon that dies under running servers takes their engine
+cores down: the launcher says so in one line, then reports each server that exits as it always does (exit 1, or
+with ``--keep-going`` until none is left). A stale pid file stays behind after SIGTERM; ``running_daemon`` checks
+that its PID is still a daemon.
 """
 
 from __future__ import annotations
@@ -147,7 +153,7 @@ class MpsDaemon:
         self.plan, self.pipe_dir, self.log_dir = plan, plan.pipe_dir, plan.log_dir
         self.env = plan.daemon_env(env, pci_order)
         self.argv = [plan.control, "-f"]
-        self.child = ChildProcess(self.argv, env=self.env, log_path=self.log_dir / "control-foreground.log",
+        self.child = ChildProcess(self.argv, env=self.env, log_path=self.log_dir / "control.log",
                                   ready=self._ready, startup_timeout=20.0, name="MPS control daemon",
                                   die_with_parent=True)
 
@@ -201,5 +207,5 @@ class MpsWatch:
         else:
             return None
         self.reported = True
-        return (f"the MPS control daemon (pid {pid}) {how}: the servers keep running, but a CUDA context created "
-                f"from now on (a server restarted by hand) runs without MPS")
+        return (f"the MPS control daemon (pid {pid}) {how}: its MPS server went with it, so the servers' CUDA calls "
+                "fail from now on and their engine cores exit; a server started after this runs without MPS")

@@ -6,13 +6,15 @@ Everything the fakes do is recorded as files in ``rec/``:
 
 - fake vllm: ``serve MODEL --host H --port P ...``; records its argv, its CUDA variables and whether it reached an
   MPS daemon (it connects to ``$CUDA_MPS_PIPE_DIRECTORY/control`` as a CUDA client would, and runs without MPS
-  when nothing answers there), forks a worker (like vLLM's engine core) and serves GET /health. Per port
-  (comma-separated lists in env vars) it can fail at start (FAKE_VLLM_FAIL), never become healthy
+  when nothing answers there; connected, it exits with a CUDA error when the daemon dies, as a PyTorch client
+  under MPS did on an H100 when its daemon was killed), forks a worker (like vLLM's engine core) and serves
+  GET /health. Per port (comma-separated lists in env vars) it can fail at start (FAKE_VLLM_FAIL), never become healthy
   (FAKE_VLLM_HANG), die after a while (FAKE_VLLM_DIE_AFTER=PORT:SECONDS), or ignore SIGTERM (FAKE_VLLM_IGNORE_TERM).
 - fake nvidia-smi: answers only the launcher's query, with FAKE_GPUS (``index, MiB, mode`` lines joined by ``;``),
   or fails (FAKE_SMI_FAIL).
 - fake nvidia-cuda-mps-control: ``-f`` is the daemon (a pid file and a ``control`` Unix socket in its pipe
-  directory; it records its start with its variables, each client, ``quit`` and SIGTERM in ``rec/mps.log``);
+  directory, its log on stdout as the real one's in the foreground; it records its start with its variables, each
+  client, ``quit`` and SIGTERM in ``rec/mps.log``);
   without arguments it is the control client, sending stdin to the daemon. FAKE_MPS_FAIL makes ``-f`` exit 1.
 """
 
@@ -48,13 +50,19 @@ def put(name, text):
     os.replace(f"{rec}/{name}.tmp", f"{rec}/{name}")
 def mps():  # what a CUDA client does at its first call: reach the daemon, or run without MPS
     pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    s = socket.socket(socket.AF_UNIX)
     try:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.connect(f"{pipe}/control")
-            s.sendall(f"client {port} {os.getpid()}\\n".encode())
-        return pipe
+        s.connect(f"{pipe}/control")
+        s.sendall(f"client {port} {os.getpid()}\\n".encode())
     except OSError:
         return None
+    def context():  # as on an H100: the daemon's death takes its MPS server and this context with it
+        while s.recv(64):
+            pass
+        print(f"fake vllm on port {port}: CUDA error: the MPS server went away", flush=True)
+        os._exit(3)
+    threading.Thread(target=context, daemon=True).start()
+    return pipe
 if on("FAKE_VLLM_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, lambda *a: open(f"{rec}/term-{port}", "a").write(f"{os.getpid()}\\n"))
 worker = os.fork()
@@ -103,7 +111,7 @@ print(os.environ.get("FAKE_GPUS", "0, 81559, Default").replace(";", "\\n"))
 """
 
 FAKE_MPS = """\
-import json, os, signal, socket, sys
+import json, os, signal, socket, sys, threading
 pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
 rec = os.environ.get("FAKE_MPS_DIR") or os.environ["FAKE_VLLM_DIR"]
 def note(line):
@@ -123,21 +131,20 @@ if sys.argv[1:] == ["-f"]:
         os.unlink(f"{pipe}/nvidia-cuda-mps-control.pid")  # the real daemon removes its pid file, not its socket
         os._exit(0)
     signal.signal(signal.SIGTERM, lambda *a: bye("term"))
-    with open(f"{log}/control.log", "a") as f:
-        f.write(f"fake control daemon {os.getpid()} starting\\n")
+    print(f"Starting control daemon using socket {pipe}/control", flush=True)  # -f logs to stdout
     env = {k: os.environ.get(k) for k in @CUDA_VARS@}
     note(f"start {os.getpid()} {json.dumps(env)}")
     with open(f"{pipe}/nvidia-cuda-mps-control.pid", "w") as f:
         f.write(f"{os.getpid()}\\n")
-    while True:
-        c, _ = s.accept()
-        for line in c.makefile().read().splitlines():
+    def serve(c):  # a client holds its connection while it runs; a command comes and goes
+        for line in c.makefile():
             if line.startswith("client "):
-                note(line)
-            elif line == "quit":
-                c.close()
+                note(line.strip())
+            elif line.strip() == "quit":
                 bye("quit")
         c.close()
+    while True:
+        threading.Thread(target=serve, args=(s.accept()[0],), daemon=True).start()
 elif not sys.argv[1:]:
     try:
         with socket.socket(socket.AF_UNIX) as s:
