@@ -21,7 +21,7 @@
 #                                            # load open-loop without Locust
 #   bash benchmarks/gpu/ceiling.sh stop      # SIGTERM to each launcher by PID (servers, then the MPS daemon)
 # Carried folders (benchmarks/gpu/README.md): .gpu1 (server tarballs) and .gpu-kit for serve; .gpu1b (client
-# site), .gpu-kit and .gpu3 (this project's wheel, plus Locust's wheels for the locust phase) for the others.
+# site), .gpu-kit and .gpu3 (this project's wheel) for the others, and .gpu4 (Locust's wheels) for locust.
 # CEILING_SIM=1 runs every phase with the project's simulator standing in for vLLM (no GPU, no tarballs): the
 # check of this script on a CPU machine; QF_SCALE=0.05 shrinks the request counts there, and DEPTHS (lists in
 # flight per server, raw rows), LIMITS (flags: admission limits per server) and OLD_DEPTH (proof: the client's old
@@ -159,9 +159,14 @@ case "$PHASE" in
     tail -n 8 /tmp/launch_new.log ;;
   locust)
     SECS=${LOCUST_SECONDS:-60}
+    LPY=$CPY
+    if [ -d .gpu4 ]; then  # Locust and its dependencies, in a site of their own beside the client site
+      [ -f /tmp/lsite/locust/__init__.py ] || python3 -m pip install -q --no-index --no-deps --target /tmp/lsite .gpu4/*.whl
+      LPY="env PYTHONPATH=/tmp/lsite:/tmp/csite python3"
+    fi
     for who in QwenUser OpenAIUser; do
       host=$([ "$who" = QwenUser ] && commas "$NEW" || echo "${OLD%% *}")
-      $CPY -m locust -f benchmarks/locustfile.py --headless -u 100 -r 100 -t "${SECS}s" --host "$host" -L WARNING \
+      $LPY -m locust -f benchmarks/locustfile.py --headless -u 100 -r 100 -t "${SECS}s" --host "$host" -L WARNING \
         --json-file "$OUTD/locust_$who" --stop-timeout 10 "$who"
     done
     # Locust's numbers (rate, failures, percentiles from its response-time histogram), then the same offered load
