@@ -60,6 +60,7 @@ def mps():  # what a CUDA client does at its first call: reach the daemon, or ru
         while s.recv(64):
             pass
         print(f"fake vllm on port {port}: CUDA error: the MPS server went away", flush=True)
+        os.kill(worker, signal.SIGKILL)  # the engine core's context is gone too
         os._exit(3)
     threading.Thread(target=context, daemon=True).start()
     return pipe
