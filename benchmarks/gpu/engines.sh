@@ -31,11 +31,12 @@ sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.cli.engines imp
   SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
   rm -f /tmp/ready_a.json /tmp/ready_b.json
   if [ -n "${ONLY_B:-}" ]; then echo '[]' > /tmp/ready_a.json; else
-  setsid python3 -c "$BOOT" --engines ${ENGINES_A:-4} --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going \
+  # --no-mps: these sets are the H200 run of docs/benchmarks.md section 1, without MPS (ceiling.sh measures MPS)
+  setsid python3 -c "$BOOT" --engines ${ENGINES_A:-4} --model /tmp/model --port 8000 --vllm /tmp/vllm --keep-going --no-mps \
     --ready-file /tmp/ready_a.json --log-dir /tmp/logs_a -- $SERVE > /tmp/launch_a.log 2>&1 < /dev/null &
   fi
   if [ -n "${ONLY_A:-}" ]; then echo '[]' > /tmp/ready_b.json; : > /tmp/launch_b.log; else
-  setsid python3 -c "$BOOT" --engines 3 --model /tmp/model --port 8004 --vllm /tmp/vllm --keep-going \
+  setsid python3 -c "$BOOT" --engines 3 --model /tmp/model --port 8004 --vllm /tmp/vllm --keep-going --no-mps \
     --no-default-flags --ready-file /tmp/ready_b.json --log-dir /tmp/logs_b -- $SERVE > /tmp/launch_b.log 2>&1 < /dev/null &
   fi
   for i in $(seq 1 1000); do

@@ -13,6 +13,11 @@ which the prefix-affinity phase reads). Phases run in order of value and each ch
    prefix-cache hits from /metrics;
 4. open loop: Poisson ``.ainvoke`` at 50% and 90% of the raw ceiling over 3 engines of A, against ChatOpenAI
    ``.ainvoke`` on the first of them.
+
+``benchmarks/gpu/ceiling.sh faults`` runs two more against the MPS set (``--a``, three engines):
+``failover_restart`` (the failover above, then the killed server started again from the command its log begins
+with, under the same MPS daemon, until the model sends it work again) and ``mps_death`` (the launcher's MPS
+daemon SIGKILLed: what the servers, the model and the launcher do after it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import random
 import signal
 import statistics
+import subprocess
 import threading
 import time
 import urllib.request
@@ -47,16 +53,23 @@ def emit(out: Path, row: dict[str, Any]) -> None:
     print(json.dumps(row)[:400], flush=True)
 
 
-def pid_of(port: int) -> int | None:
-    """The launcher prints ``http://127.0.0.1:PORT/v1  pid N  log ...`` for each server it started."""
-    for log in ("/tmp/launch_a.log", "/tmp/launch_b.log"):
-        try:
-            for line in Path(log).read_text().splitlines():
-                if f":{port}/v1" in line and " pid " in line:
-                    return int(line.split(" pid ")[1].split()[0])
-        except OSError:
-            continue
+def _launcher_line(port: int) -> str | None:
+    """The launcher prints ``http://127.0.0.1:PORT/v1  [gpu G  ]pid N  log PATH`` for each server it started;
+    its output is in /tmp/launch_*.log (engines.sh, ceiling.sh)."""
+    for log in sorted(Path("/tmp").glob("launch_*.log")):
+        for line in log.read_text(errors="replace").splitlines():
+            if f":{port}/v1 " in line and " pid " in line:
+                return line
     return None
+
+
+def pid_of(port: int) -> int | None:
+    line = _launcher_line(port)
+    return int(line.split(" pid ")[1].split()[0]) if line else None
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
 
 
 class Runs(BaseCallbackHandler):
@@ -84,7 +97,7 @@ class Runs(BaseCallbackHandler):
         self._end(run_id)
 
 
-def failover(urls: list[str], out: Path) -> None:
+def failover(urls: list[str], out: Path, restart: bool = False, deadline: float = 0) -> None:
     n = int(5000 * SCALE)
     victim = urls[-1]
     model = BatchedChatQwen(base_url=urls, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
@@ -96,8 +109,7 @@ def failover(urls: list[str], out: Path) -> None:
     def chaos() -> None:
         while runs.done < 0.3 * n:
             time.sleep(0.002)
-        port = int(victim.rsplit(":", 1)[1].split("/")[0])
-        pid = pid_of(port)
+        pid = pid_of(port_of(victim))
         events["in_flight_on_victim"] = model.stats()["endpoints"][victim]["in_flight"]
         events["done_at_kill"] = runs.done
         if pid is not None:
@@ -125,7 +137,86 @@ def failover(urls: list[str], out: Path) -> None:
                "duplicated": sum(1 for e in ended if e > 1),
                "error_types": dict(st["endpoints"][victim]["errors"]),
                "victim_ejected": st["endpoints"][victim]["ejected"],
+               "requests": {u: st["endpoints"][u]["requests"] for u in urls},
                "retries": {u: st["endpoints"][u]["retries"] for u in urls}})
+    if restart:
+        serves_again(model, victim, out, deadline)
+    model.close()
+
+
+def restart_server(port: int) -> int:
+    """Start the server on ``port`` again as the launcher did: the first line of its log is ``$ VARS... vllm
+    serve ...`` (its CUDA and MPS variables first, so it joins the same MPS daemon). Returns its PID (its own
+    session: ``ceiling.sh stop`` stops it by that PID)."""
+    line = _launcher_line(port)
+    assert line is not None, f"no launcher line for port {port}"
+    log = Path(line.split(" log ", 1)[1].strip())
+    command = log.read_text(errors="replace").splitlines()[0].removeprefix("$ ")
+    with log.open("ab") as f:
+        f.write(f"$ {command}  # restarted by gpu_extra.py\n".encode())
+        proc = subprocess.Popen(["bash", "-c", f"exec env {command}"], stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    with open("/tmp/ceiling_restarted.pids", "a") as f:
+        f.write(f"{proc.pid}\n")
+    return proc.pid
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url.rsplit("/v1", 1)[0] + "/health", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def serves_again(model: BatchedChatQwen, victim: str, out: Path, deadline: float) -> None:
+    """Restart the killed server, wait for its /health, then run batches until the model has sent it work."""
+    t0 = time.time()
+    pid = restart_server(port_of(victim))
+    while not _healthy(victim) and time.time() < (deadline or t0 + 300):
+        time.sleep(2)
+    up_s = round(time.time() - t0, 1)
+    before = model.stats()["endpoints"][victim]["requests"]
+    answered = 0
+    for _ in range(5):
+        outs = model.batch(S.prompts(int(2000 * SCALE)), return_exceptions=True)
+        answered += sum(1 for o in outs if not isinstance(o, Exception))
+        if model.stats()["endpoints"][victim]["requests"] > before:
+            break
+    emit(out, {"phase": "failover_restart", "victim": victim, "restarted_pid": pid, "healthy_after_s": up_s,
+               "healthy": _healthy(victim), "answered_after": answered,
+               "victim_requests_after": model.stats()["endpoints"][victim]["requests"] - before,
+               "requests": {u: v["requests"] for u, v in model.stats()["endpoints"].items()}})
+
+
+def mps_death(urls: list[str], out: Path) -> None:
+    """SIGKILL the launcher's MPS control daemon (its PID is in the launcher's 'MPS: control daemon pid N'
+    line); record what the servers, a model using them and the launcher do after it."""
+    log = Path("/tmp/launch_new.log")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    pid = next((int(x.split("control daemon pid ")[1].split()[0]) for x in text.splitlines()
+                if "control daemon pid " in x), None)
+    model = BatchedChatQwen(base_url=urls, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
+                            model_kwargs={"ignore_eos": True}, timeout=120)
+    model.batch(S.prompts(256))
+    row: dict[str, Any] = {"phase": "mps_death", "daemon_pid": pid}
+    if pid is None:
+        emit(out, {**row, "error": "no 'control daemon pid' line in /tmp/launch_new.log: MPS was not running"})
+        return
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(5)
+    n = int(3000 * SCALE)
+    t0 = time.time()
+    outs = model.batch(S.prompts(n), return_exceptions=True)
+    wall = time.time() - t0
+    after = log.read_text(errors="replace")[len(text):]
+    row.update(healthy={u: _healthy(u) for u in urls}, n=n, wall_s=round(wall, 2), req_s=round(n / wall, 1),
+               answered=sum(1 for o in outs if not isinstance(o, Exception)),
+               errors=sorted({type(o).__name__ for o in outs if isinstance(o, Exception)}),
+               launcher_said=[x for x in after.splitlines() if x.strip()][-5:],
+               mps_processes=subprocess.run(["bash", "-c", "ps -eo pid,stat,comm | grep nvidia-cuda-mps"],
+                                            capture_output=True, text=True).stdout.split("\n"))
+    emit(out, row)
     model.close()
 
 
@@ -214,7 +305,7 @@ def openloop(a: list[str], out: Path, deadline: float, seconds: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--a", required=True)
-    ap.add_argument("--b", required=True)
+    ap.add_argument("--b", default="")
     ap.add_argument("--out", required=True)
     ap.add_argument("--deadline", type=float, default=0)
     ap.add_argument("--rounds", type=int, default=3)
@@ -224,6 +315,10 @@ def main() -> None:
     only = x.only.split(",")
     if "failover" in only:
         failover([a[0], a[1], a[3]], out)  # a[2] stays alive for the 3-engine rows after it
+    if "failover_restart" in only:
+        failover(a[:3], out, restart=True, deadline=x.deadline)
+    if "mps_death" in only:
+        mps_death(a[:3], out)
     if "flags" in only:
         flags(a, b, out, x.rounds, x.deadline)
     if "affinity" in only:

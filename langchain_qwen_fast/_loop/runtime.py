@@ -6,8 +6,15 @@ Here the sockets live on a single long-lived loop in a daemon thread. Sync calle
 ``concurrent.futures.Future``; async callers, on any loop (repeated ``asyncio.run()``, Jupyter,
 uvloop, threads), await a wrapped future, and cancelling that await cancels the work.
 
-The loop uses uvloop when it is installed, unless ``QWEN_FAST_LOOP=asyncio``. After ``fork()``
-the child gets a fresh runtime; the parent's thread does not exist there.
+The loop uses uvloop when it is installed, unless ``QWEN_FAST_LOOP=asyncio`` or gevent has patched
+``threading``. After ``fork()`` the child gets a fresh runtime; the parent's thread does not exist there.
+
+Under gevent's monkey-patching (Locust patches at import) ``threading.Thread`` is a greenlet in the
+caller's OS thread. A uvloop loop there waits in its own epoll call and stops every greenlet with it:
+the first ``invoke`` under Locust hung. asyncio's own loop waits through ``selectors``, which gevent
+patches too, so in a greenlet it yields to the others; the blocking waits of sync callers
+(``queue.SimpleQueue``, ``concurrent.futures.Future``) are patched alike and stay on that one OS
+thread, where gevent's primitives are safe. So under gevent the runtime picks asyncio's loop.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +39,17 @@ class Closeable(Protocol):
     async def aclose(self) -> None: ...
 
 
+def gevent_threads() -> bool:
+    """Whether gevent has replaced ``threading`` with greenlets in this process (module docstring)."""
+    monkey = sys.modules.get("gevent.monkey")
+    try:
+        return bool(monkey is not None and monkey.is_module_patched("threading"))
+    except Exception:  # an unexpected gevent: assume unpatched, as before
+        return False
+
+
 def _new_loop() -> asyncio.AbstractEventLoop:
-    if os.environ.get("QWEN_FAST_LOOP", "").lower() != "asyncio":
+    if os.environ.get("QWEN_FAST_LOOP", "").lower() != "asyncio" and not gevent_threads():
         try:
             import uvloop
 
@@ -50,19 +67,33 @@ class Runtime:
         self._shared: dict[Any, tuple[Closeable, int]] = {}
         self._lock = threading.Lock()
         self.closed = False
+        self._failed: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="qwen-fast-loop", daemon=True)
         self.thread.start()
         self._ready.wait()
+        if self._failed is not None:
+            self.closed = True
+            self.loop.close()
+            why = (" (under gevent the loop is a greenlet on the caller's OS thread, which already runs an event "
+                   "loop: call the sync methods, invoke and batch, from greenlets)") if gevent_threads() else ""
+            raise RuntimeError(f"the qwen-fast loop could not start: {self._failed}{why}") from self._failed
 
     def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        # Sync functions that LangChain runs from async code (a RunnableLambda inside run_batch) go to
-        # the loop's default executor; asyncio's default of min(32, cpu+4) threads would cap them at 6.
-        threads = int(os.environ.get("QWEN_FAST_SYNC_THREADS", "256"))
-        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="qwen-fast-sync"))
-        self.loop.call_soon(self._ready.set)
-        self.loop.set_exception_handler(self._on_loop_error)
-        self.loop.run_forever()
+        try:
+            asyncio.set_event_loop(self.loop)
+            # Sync functions that LangChain runs from async code (a RunnableLambda inside run_batch) go to
+            # the loop's default executor; asyncio's default of min(32, cpu+4) threads would cap them at 6.
+            threads = int(os.environ.get("QWEN_FAST_SYNC_THREADS", "256"))
+            self.loop.set_default_executor(ThreadPoolExecutor(max_workers=threads,
+                                                              thread_name_prefix="qwen-fast-sync"))
+            self.loop.call_soon(self._ready.set)
+            self.loop.set_exception_handler(self._on_loop_error)
+            self.loop.run_forever()
+        except BaseException as e:
+            if self._ready.is_set():
+                raise
+            self._failed = e  # it never ran: the caller waiting for it gets the reason, not a hang
+            self._ready.set()
 
     @staticmethod
     def _on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:

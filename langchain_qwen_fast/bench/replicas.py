@@ -2,6 +2,8 @@
 
     qwen-fast bench replicas [--servers 1,3] [--rounds 3] [--n 3000] [--max-tokens 32]
         [--base-url URL ...] [--out DIR]
+    qwen-fast bench replicas --set old=URL,URL,URL --set new=URL,URL,URL [--depths 16,32,64]
+        [--rows raw,batch,abatch] [--max-concurrency 512] [--openai] ...
 
 Without ``--base-url`` it starts simulated engines (``--latency h100``, one process each) on
 loopback. For each engine count it runs, interleaved over rounds: raw ``/v1/completions`` lists of
@@ -9,6 +11,11 @@ loopback. For each engine count it runs, interleaved over rounds: raw ``/v1/comp
 flight (the best raw strategy measured on the GPU), and ``BatchedChatQwen`` ``.batch`` and
 ``.abatch`` with the engine list and nothing else set. Ratios to the raw ceiling are taken within
 each round. Rows are JSON lines (``replicas_*.jsonl``) beside a markdown table.
+
+With ``--set`` it compares named sets of engines instead of engine counts (one GPU's servers with and without
+MPS, say): per set and round, raw lists at each ``--depths`` (lists of 32 in flight per engine), ``.batch`` and
+``.abatch`` at default settings, and with ``--max-concurrency N,...`` the same two at those admission limits; each
+row's ratio is to the first set's raw lists at the first depth in the same round.
 """
 
 from __future__ import annotations
@@ -75,6 +82,69 @@ def _openai(urls: list[str], w: S.Workload) -> dict[str, Any]:
     return S._lc_run("openai_batch_default_x1", wk, S.openai_model(wk), "batch", client="ChatOpenAI", engines=1)
 
 
+def parse_sets(specs: list[str]) -> dict[str, list[str]]:
+    """``--set NAME=URL,URL`` (repeated) -> ``{NAME: [URL, ...]}`` in the order given."""
+    sets: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, urls = spec.partition("=")
+        if not name or not urls or name in sets:
+            raise SystemExit(f"--set {spec!r}: give NAME=URL[,URL...], each name once")
+        sets[name] = [u.strip() for u in urls.split(",") if u.strip()]
+    return sets
+
+
+def set_plan(sets: dict[str, list[str]], depths: list[int], kinds: list[str], max_concurrency: list[int],
+             openai: bool = False, rnd: int = 0) -> list[tuple[str, Any]]:
+    """Per set: raw lists at each depth, then ``.batch``/``.abatch`` (default settings, and at each
+    ``max_concurrency``); odd rounds run the whole list backwards. A row sends at least three times what it
+    keeps in flight (``waves``), so a deep row reaches its depth and holds it."""
+    steps: list[tuple[str, Any]] = []
+    if openai:
+        first = next(iter(sets.values()))[:1]
+        steps.append(("openai_batch_default_x1", lambda w, u=first: _openai(u, w)))
+    for name, urls in sets.items():
+        if "raw" in kinds:
+            for d in depths:
+                steps.append((f"raw_lists_{name}_c{d}", lambda w, u=urls, d=d, n=name: _named(
+                    raw_scenario(u, waves(w, d * 32, len(u)), per_server=d), f"raw_lists_{n}_c{d}", n, depth=d)))
+        for how in ("batch", "abatch"):
+            if how not in kinds:
+                continue
+            steps.append((f"qwen_{how}_{name}", lambda w, u=urls, h=how, n=name: _named(
+                qwen_scenario(u, waves(w, 512, len(u)), h), f"qwen_{h}_{n}", n)))
+            for mc in max_concurrency:
+                tag = f"qwen_{how}_{name}_mc{mc}"
+                steps.append((tag, lambda w, u=urls, h=how, n=name, t=tag, mc=mc: _named(
+                    qwen_scenario(u, waves(w, mc, len(u)), h, max_concurrency=mc), t, n, max_concurrency=mc)))
+    return list(reversed(steps)) if rnd % 2 else steps
+
+
+def waves(w: S.Workload, per_engine: int, engines: int, count: int = 3) -> S.Workload:
+    """``w`` with at least ``count`` times the sequences a row keeps in flight over all engines."""
+    return dataclasses.replace(w, n=max(w.n, count * per_engine * engines))
+
+
+def _named(row: dict[str, Any], scenario: str, set_name: str, **extra: Any) -> dict[str, Any]:
+    row.update(scenario=scenario, set=set_name, **extra)
+    return row
+
+
+def set_ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown: each row's req/s and its within-round ratio to the first raw row of the first set."""
+    ref = next((r["scenario"] for r in rows if r["scenario"].startswith("raw_lists_")), None)
+    by_round: dict[int, dict[str, float]] = {}
+    for r in rows:
+        if r.get("req_s"):
+            by_round.setdefault(r["round"], {})[r["scenario"]] = r["req_s"]
+    out = [f"| scenario | req/s (median) | x {ref}, per round (median, range) | errors |", "|---|---|---|---|"]
+    for name in dict.fromkeys(r["scenario"] for r in rows):
+        vals = [v[name] for v in by_round.values() if name in v]
+        rel = [v[name] / v[ref] for v in by_round.values() if name in v and ref in v]
+        errors = sum(r["errors"] for r in rows if r["scenario"] == name)
+        out.append(f"| {name} | {statistics.median(vals) if vals else 0:.1f} | {median_range(rel)} | {errors} |")
+    return out
+
+
 def ratios(rows: list[dict[str, Any]]) -> list[str]:
     """Markdown: per engine count, each scenario's req/s and its within-round ratios to raw lists over the same
     engines and, where the run has it, to ChatOpenAI's default ``.batch`` against one engine."""
@@ -112,14 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default=None, help="engine counts that also run the shared-limit and affinity rows")
     ap.add_argument("--openai", action="store_true", help="add ChatOpenAI's default .batch against the first engine")
     ap.add_argument("--deadline", type=float, default=0, help="unix time after which no new run starts")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=URL,URL",
+                    help="a named set of engines (repeat): compare sets instead of engine counts")
+    ap.add_argument("--depths", default="16", help="with --set: lists of 32 in flight per engine for raw rows")
+    ap.add_argument("--rows", default="raw,batch,abatch", help="with --set: which rows run for each set")
+    ap.add_argument("--max-concurrency", default="",
+                    help="with --set: also .batch/.abatch at these admission limits per engine (comma-separated)")
     a = ap.parse_args(argv)
-    counts = [int(x) for x in a.servers.split(",")]
+    sets = parse_sets(a.set)
+    counts = [int(x) for x in a.servers.split(",")] if not sets else [len(u) for u in sets.values()]
     folder = Path(a.out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"replicas_m{a.max_tokens}_{time.strftime('%Y%m%d-%H%M%S')}.jsonl"
     rows: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
-        urls = list(a.base_url)
+        urls = list(a.base_url) or [u for us in sets.values() for u in us]
         if not urls:
             from langchain_qwen_fast.testing import SimConfig, SimServer
 
@@ -130,8 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         raw_scenario(urls, warm)
         qwen_scenario(urls, warm, "batch")
         variants = {int(x) for x in a.variants.split(",")} if a.variants else None
+        depths, kinds = [int(x) for x in a.depths.split(",")], a.rows.split(",")
         for rnd in range(a.rounds):
-            for name, fn in plan(counts, urls, variants, a.openai, rnd):
+            limits = [int(x) for x in a.max_concurrency.split(",") if x]
+            steps = (set_plan(sets, depths, kinds, limits, a.openai, rnd) if sets
+                     else plan(counts, urls, variants, a.openai, rnd))
+            for name, fn in steps:
                 if a.deadline and time.time() > a.deadline:
                     print(f"deadline reached before {name} round {rnd}", flush=True)
                     break
@@ -142,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                 with path.open("a") as f:
                     f.write(json.dumps(row) + "\n")
                 print(f"round {rnd} {name:18s} {row['req_s']:8.1f} req/s  errors {row['errors']}", flush=True)
-    table = "\n".join(ratios(rows))
+    table = "\n".join(set_ratios(rows) if sets else ratios(rows))
     (path.with_suffix(".md")).write_text(table + "\n")
     print(table)
     print(f"\nrows in {path}")

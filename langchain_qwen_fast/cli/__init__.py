@@ -54,7 +54,8 @@ COMMANDS: dict[str, Command] = {
         "langchain_qwen_fast.doctor", "check a vLLM/SGLang server; each problem comes with the flag that fixes it"
     ),
     "engines": Command(
-        "langchain_qwen_fast.cli.engines", "start N vLLM servers on one GPU and print their base_url list"
+        "langchain_qwen_fast.cli.engines",
+        "start N vLLM servers per GPU under one MPS daemon; print their base_url list",
     ),
     "worker": Command(
         "langchain_qwen_fast.cli.worker",

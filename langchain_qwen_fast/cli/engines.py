@@ -1,4 +1,4 @@
-"""``qwen-fast engines``: start N ``vllm serve`` processes on one GPU, wait for all, stop all.
+"""``qwen-fast engines``: start N ``vllm serve`` processes on each GPU, wait for all, stop all.
 
 Why: a 0.6B model's vLLM engine is limited by its CPU-side loop, not by the GPU. Three servers on one
 H200 (vLLM 0.24), routed by the client (``BatchedChatQwen(base_url=[...])``), gave 1.7-2x one server
@@ -6,42 +6,39 @@ at 32 tokens and 1.2-1.5x at 128; vLLM refuses ``--data-parallel-size`` above th
 ``--api-server-count`` gave no reliable gain. A thin wrapper around vLLM's own CLI, not a server::
 
     qwen-fast engines --engines 3 --model /models/Qwen3-0.6B -- --max-model-len 4096
+    qwen-fast engines --gpus all --engines 3 --model /models/Qwen3-0.6B     # 3 on every GPU
 
-Each server runs ``vllm serve MODEL --host H --port P --gpu-memory-utilization U
---kv-cache-memory-bytes B --served-model-name NAME [DEFAULT_SERVE_FLAGS: --disable-uvicorn-access-log]
-<args after -->`` on one of N consecutive ports, in its own process
-group, with its output in ``--log-dir``/server-PORT.log.
+Each server runs ``vllm serve MODEL --host H --port P --gpu-memory-utilization U --kv-cache-memory-bytes B
+[DEFAULT_SERVE_FLAGS: --disable-uvicorn-access-log] <args after -->`` on one of consecutive ports, in its own
+process group, with its output in ``--log-dir``/server-PORT.log (the command and its variables first).
 
 Decisions:
 
-- B = 10 GiB per server: with it vLLM sizes the KV cache from the flag instead of profiling free GPU
-  memory, which servers started together would each do while the others are still allocating.
-- U = floor(100 * 0.9 / N) / 100 (0.9, 0.45, 0.3, 0.22 for 1-4 servers). With B given, vLLM uses U
-  only in a start-up check: free memory must be at least U x total (vllm/v1/worker/utils.py, 0.24 and
-  0.32). The N shares add up to at most 90% of the card, so the last server to check still passes
-  while the others already hold their memory, as long as each holds no more than its share and 10%
-  stays for the rest. A Qwen3-0.6B server with B = 10 GiB holds 14546 MiB (H200, vLLM 0.24: weights
-  1.1 GiB, CUDA graphs 0.5 GiB, the rest activations and context), 0.10 of an H200. N such servers must
-  fit the card; the launcher cannot see it, vLLM's error (in the printed log tail) says so.
+- GPUs: ``--engines N`` is per GPU. Without ``--gpus`` all N share the GPU the environment shows; with it,
+  each is pinned (``CUDA_VISIBLE_DEVICES``), GPU by GPU on consecutive ports. U and B come from the servers on
+  the same GPU and its memory (cli/gpus.py: U = floor(100 x 0.9 / N) / 100, B = 10 GiB or what fits).
+- MPS: one CUDA MPS control daemon of its own for all servers, unless ``--no-mps`` or one cannot run (one line
+  says why); a daemon of the user's already running is used and left running (cli/mps.py).
 - Flags after ``--`` win: the launcher adds none of its own that the user gave (``--flag v``,
   ``--flag=v``, underscores, or a boolean's ``--no-flag``), so none is passed twice. ``--host``,
   ``--port`` and ``--model`` after ``--`` are refused. Flags inside a vLLM ``--config`` file are not seen.
-- NAME defaults to the model path's last component, the same for every server: replicas serve one model.
-- Start-up: all at once; each must answer GET /health with 200 within ``--startup-timeout``. If one
-  exits or times out, all are stopped and its log tail is printed.
+- The served name is vLLM's own rule: the model argument as given (what BatchedChatQwen, the doctor and
+  the worker default to for Qwen/Qwen3-0.6B), unless ``--served-model-name`` comes after ``--``.
+- Start-up: all at once (after the MPS daemon); each must answer GET /health with 200 within
+  ``--startup-timeout``. If one exits or times out, all are stopped and its log tail is printed.
 - Stopping: SIGINT/SIGTERM stop every server (SIGTERM to each process group, SIGKILL after
-  ``--stop-timeout``), exit 0; a second signal kills at once. Leftovers are killed at interpreter
-  exit, and with PR_SET_PDEATHSIG (Linux) a SIGKILLed launcher still leaves each server a SIGTERM
-  (on which vllm serve stops its own engine core).
+  ``--stop-timeout``), then the MPS daemon, exit 0; a second signal kills at once. Leftovers are killed at
+  interpreter exit, and with PR_SET_PDEATHSIG (Linux) a SIGKILLed launcher still leaves each server and
+  the daemon a SIGTERM (on which vllm serve stops its own engine core).
 - Exit codes: 0 stopped by a signal; 1 a server failed (at start, or later without ``--keep-going``);
-  2 bad arguments, a port already taken or no vllm executable, all found before anything starts.
+  2 bad arguments, a port already taken, no vllm executable or a GPU that is not there, all found before
+  anything starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import shutil
@@ -51,121 +48,23 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import FrameType
 
 from langchain_qwen_fast._process import ChildProcess, ChildStartError, http_ok, stop_all
+from langchain_qwen_fast.cli.engines_plan import (
+    DEFAULT_SERVE_FLAGS,
+    LaunchConfig,
+    LaunchError,
+    Plan,
+    make_plan,
+    serve_argv,
+)
+from langchain_qwen_fast.cli.gpus import Slot
+from langchain_qwen_fast.cli.mps import MpsDaemon, MpsWatch
 
-# Flags that trim the API server's per-request CPU work (a 0.6B engine is CPU-bound): no uvicorn access log
-# line per HTTP request. --disable-log-stats was measured too (one H200, 3 rounds, docs/scaling.md): with the
-# access-log flag it gave 1.09-1.11x on one engine but 1.00-1.03x on three, and it empties vLLM's /metrics
-# (no Prometheus counters at all), so it is not a default; pass it after -- for a single engine.
-# --no-default-flags leaves the defaults out.
-DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-uvicorn-access-log",)
-DEFAULT_KV_CACHE_BYTES = 10 * 2**30  # 10737418240, per server
-GPU_SHARE = 0.9  # the part of the card the N servers' start-up checks may ask for together
-_OWNED = ("host", "port", "model")  # set by the launcher, refused after --
-class LaunchError(ValueError):
-    """Bad arguments or a port already taken: reported before any server starts (exit 2)."""
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """What ``qwen-fast engines`` was asked for; checked when built, so bad input fails before any start."""
-
-    servers: int
-    model: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    vllm: str = "vllm"
-    extra: tuple[str, ...] = ()
-    default_flags: bool = True
-    log_dir: Path | None = None
-    startup_timeout: float = 600.0
-    stop_timeout: float = 20.0
-    ready_file: Path | None = None
-    keep_going: bool = False
-
-    def __post_init__(self) -> None:
-        if self.servers < 1:
-            raise LaunchError(f"--engines must be >= 1, got {self.servers}")
-        if not self.model:
-            raise LaunchError("--model must name a model path or id")
-        if self.port < 1 or self.port + self.servers - 1 > 65535:
-            raise LaunchError(f"ports {self.port}-{self.port + self.servers - 1} are outside 1-65535")
-        if not self.startup_timeout > 0:
-            raise LaunchError(f"--startup-timeout must be > 0 seconds, got {self.startup_timeout}")
-        if self.stop_timeout < 0:
-            raise LaunchError(f"--stop-timeout must be >= 0 seconds, got {self.stop_timeout}")
-        given = flag_names(self.extra)
-        for name in _OWNED:
-            if name in given:
-                raise LaunchError(f"--{name} after -- is set by the launcher; use qwen-fast engines --{name}")
-        if "gpu-memory-utilization" not in given and split_memory(self.servers) < 0.01:
-            raise LaunchError(f"{self.servers} servers leave under 1% of the GPU each; "
-                              "pass --gpu-memory-utilization after -- if you mean it")
-
-    @property
-    def ports(self) -> list[int]:
-        return list(range(self.port, self.port + self.servers))
-
-    @property
-    def served_model_name(self) -> str:
-        """The user's ``--served-model-name`` (its first value), else the model path's last component."""
-        return flag_value(self.extra, "served-model-name") or Path(self.model.rstrip("/")).name or self.model
-
-
-def split_memory(servers: int) -> float:
-    """Each server's ``--gpu-memory-utilization``: GPU_SHARE / N, rounded down to 2 decimals."""
-    return math.floor(round(100 * GPU_SHARE / servers, 6)) / 100
-
-
-def _flag_name(token: str) -> str | None:
-    if not token.startswith("--") or len(token) == 2:
-        return None
-    return token[2:].split("=", 1)[0].replace("_", "-")  # vLLM accepts underscores too
-
-
-def flag_names(args: Sequence[str]) -> set[str]:
-    """Long flags in ``args``, dashes normalised; a boolean's ``--no-x`` also counts as ``x``."""
-    names: set[str] = set()
-    for token in args:
-        name = _flag_name(token)
-        if name:
-            names.add(name)
-            if name.startswith("no-"):
-                names.add(name[3:])
-    return names
-
-
-def flag_value(args: Sequence[str], name: str) -> str | None:
-    """The value given to ``--name`` (``--name v`` or ``--name=v``), or None."""
-    for i, token in enumerate(args):
-        if _flag_name(token) != name:
-            continue
-        if "=" in token:
-            return token.split("=", 1)[1]
-        if i + 1 < len(args) and not args[i + 1].startswith("-"):
-            return args[i + 1]
-    return None
-
-
-def serve_argv(cfg: LaunchConfig, port: int, vllm: str | None = None) -> list[str]:
-    """The command for the server on ``port``: the launcher's flags, minus those the user gave, then theirs."""
-    given = flag_names(cfg.extra)
-    ours: list[str] = []
-    if "gpu-memory-utilization" not in given:
-        ours += ["--gpu-memory-utilization", f"{split_memory(cfg.servers):.2f}"]
-    if "kv-cache-memory-bytes" not in given:
-        ours += ["--kv-cache-memory-bytes", str(DEFAULT_KV_CACHE_BYTES)]
-    if "served-model-name" not in given:
-        ours += ["--served-model-name", cfg.served_model_name]
-    if cfg.default_flags:
-        ours += [f for f in DEFAULT_SERVE_FLAGS if _flag_name(f) not in given]
-    return [vllm or cfg.vllm, "serve", cfg.model, "--host", cfg.host, "--port", str(port), *ours, *cfg.extra]
-
+_SHOWN = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
 
 def _url_host(host: str) -> str:
     """Where to reach a server bound to ``host`` from this machine (wildcards become loopback)."""
@@ -195,25 +94,38 @@ def _say(msg: str) -> None:
     print(f"qwen-fast engines: {msg}", file=sys.stderr, flush=True)
 
 
-class _Server:
-    """One planned ``vllm serve``: its URL, command, log and process."""
+def _command(env: Mapping[str, str], argv: Sequence[str]) -> str:
+    """``VAR=value ... argv`` for the variables that matter, as the log and ``--dry-run`` show it."""
+    return shlex.join([f"{k}={env[k]}" for k in _SHOWN if k in env] + list(argv))
 
-    def __init__(self, cfg: LaunchConfig, port: int, vllm: str, log_dir: Path) -> None:
-        self.port = port
-        self.root_url = f"http://{_url_host(cfg.host)}:{port}"
+
+class _Server:
+    """One planned ``vllm serve``: its URL, command, variables, log and process."""
+
+    def __init__(self, cfg: LaunchConfig, slot: Slot, vllm: str, log_dir: Path, shown: Mapping[str, str]) -> None:
+        self.port, self.gpu = slot.port, slot.gpu if slot.pinned else None
+        self.root_url = f"http://{_url_host(cfg.host)}:{slot.port}"
         self.base_url = self.root_url + "/v1"
-        self.argv = serve_argv(cfg, port, vllm)
-        self.log_path = log_dir / f"server-{port}.log"
-        env = {**os.environ}
+        self.argv = serve_argv(cfg, slot, vllm)
+        self.command = _command(shown, self.argv)
+        self.log_path = log_dir / f"server-{slot.port}.log"
+        env = {**os.environ, **shown}
         env.setdefault("PYTHONUNBUFFERED", "1")  # vLLM logs to stdout: unbuffered, the tail is current
         self.child = ChildProcess(self.argv, ready=lambda: http_ok(self.root_url + "/health"), env=env,
-                                  log_path=self.log_path, name=f"server on port {port}", die_with_parent=True)
+                                  log_path=self.log_path, name=f"server on port {slot.port}", die_with_parent=True)
 
     def line(self) -> str:
-        return f"{self.base_url}  pid {self.child.pid}  log {self.log_path}"
+        gpu = "" if self.gpu is None else f"gpu {self.gpu.index}  "
+        return f"{self.base_url}  {gpu}pid {self.child.pid}  log {self.log_path}"
 
     def tail(self) -> str:
         return "\n".join("    " + x for x in self.child.output_tail(30).splitlines()) or "    (no output)"
+
+
+def _short_tmp() -> str:
+    """Where the MPS pipe directory goes: its control socket's path must fit a Unix socket (107 bytes)."""
+    tmp = tempfile.gettempdir()
+    return tmp if len(tmp) <= 48 else "/tmp"
 
 
 class Launcher:
@@ -224,6 +136,9 @@ class Launcher:
         self.servers: list[_Server] = []
         self.signals = 0
         self._wrote_ready = False
+        self._own_pipe: Path | None = None
+        self._daemon: MpsDaemon | None = None
+        self._watch: MpsWatch | None = None
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         # Only a flag (the loops below look at it every 0.25 s); a second signal kills at once. No
@@ -244,6 +159,10 @@ class Launcher:
             if live := sum(c.alive() for c in children):  # each alive() may scan /proc: once per child
                 _say(f"stopping {live} server(s)")
             stop_all(children, self.cfg.stop_timeout)
+            if self._daemon is not None:  # after the servers: it waits for its clients to go
+                self._daemon.stop(self.cfg.stop_timeout)
+            if self._own_pipe is not None:
+                shutil.rmtree(self._own_pipe, ignore_errors=True)
             if self._wrote_ready and self.cfg.ready_file is not None:
                 self.cfg.ready_file.unlink(missing_ok=True)  # the file means "these are up now"
             for sig, handler in previous.items():
@@ -259,15 +178,22 @@ class Launcher:
         vllm = shutil.which(cfg.vllm)
         if vllm is None:
             raise LaunchError(f"no executable {cfg.vllm!r} (on PATH or as a path); install vLLM or pass --vllm")
-        check_ports_free(cfg.host, cfg.ports)
         log_dir = cfg.log_dir or Path(tempfile.mkdtemp(prefix="qwen-fast-engines-"))
+        self._own_pipe = Path(tempfile.mkdtemp(prefix="qwen-fast-mps-", dir=_short_tmp()))
+        plan = make_plan(cfg, os.environ, self._own_pipe, log_dir / "mps")
+        if plan.mps.pipe_dir != self._own_pipe:  # not needed: nothing of it is left behind, even by a SIGKILL
+            shutil.rmtree(self._own_pipe, ignore_errors=True)
+            self._own_pipe = None
+        check_ports_free(cfg.host, [s.port for s in plan.slots])
         log_dir.mkdir(parents=True, exist_ok=True)
-        _say(f"starting {cfg.servers} vLLM server(s) for {cfg.model}, logs in {log_dir}")
-        self.servers = [_Server(cfg, port, vllm, log_dir) for port in cfg.ports]
+        where = f" on GPU {','.join(str(g.index) for g in plan.gpus)}" if cfg.gpus is not None else ""
+        _say(f"starting {len(plan.slots)} vLLM server(s){where} for {cfg.model}, logs in {log_dir}")
+        self._start_mps(plan)
+        self.servers = [_Server(cfg, s, vllm, log_dir, plan.server_env(s, os.environ)) for s in plan.slots]
         t0 = time.monotonic()
         for s in self.servers:
             with open(s.log_path, "ab") as f:
-                f.write(f"$ {shlex.join(s.argv)}\n".encode())
+                f.write(f"$ {s.command}\n".encode())
             try:
                 s.child.spawn()
             except ChildStartError as e:
@@ -276,14 +202,36 @@ class Launcher:
         failed = self._wait_ready(t0)
         if failed is not None:
             return failed
-        _say(f"{cfg.servers} server(s) ready in {time.monotonic() - t0:.1f} s; Ctrl-C or SIGTERM stops them")
+        _say(f"{len(self.servers)} server(s) ready in {time.monotonic() - t0:.1f} s; Ctrl-C or SIGTERM stops them")
         self._report()
         return self._supervise()
+
+    def _start_mps(self, plan: Plan) -> None:
+        """Start the launcher's own MPS daemon where the plan says so; one line either way."""
+        if plan.mps.mode != "own":
+            if plan.mps.note:
+                _say(plan.mps.note)
+        else:
+            self._daemon = MpsDaemon(plan.mps, os.environ, pci_order=self.cfg.gpus is not None)
+            failed = self._daemon.start()
+            if failed:
+                _say(failed)
+                self._daemon = None
+            else:
+                _say(f"MPS: control daemon pid {self._daemon.child.pid} serves the servers ({self._daemon.command()}, "
+                     f"its log {self._daemon.child.log_path}); it stops with them, --no-mps leaves it out")
+        self._watch = MpsWatch(plan.mps, self._daemon)
+
+    def _check_mps(self) -> None:
+        gone = self._watch.check() if self._watch is not None else None
+        if gone:
+            _say(gone)
 
     def _wait_ready(self, t0: float) -> int | None:
         """None once every server answers /health; else the exit code (0: a signal came first)."""
         pending, deadline, next_note = list(self.servers), t0 + self.cfg.startup_timeout, t0 + 30.0
         while pending and not self.signals:
+            self._check_mps()
             dead = []
             for s in self.servers:  # the ready ones too: one may die while the others still start
                 try:
@@ -328,13 +276,15 @@ class Launcher:
             self._wrote_ready = True
 
     def _supervise(self) -> int:
-        """Wait for a signal (exit 0) or a server's death (exit 1, unless --keep-going and some remain)."""
+        """Wait for a signal (exit 0) or a server's death (exit 1, unless --keep-going and some remain); report
+        the MPS daemon's death, which stops nothing."""
         live = list(self.servers)
         while not self.signals:
+            self._check_mps()  # first: a daemon that died is why its servers die next
             for s in [s for s in live if s.child.returncode is not None]:
                 live.remove(s)
                 _say(f"server {s.base_url} (pid {s.child.pid}) exited with code {s.child.returncode}; "
-                      f"last lines of {s.log_path}:\n{s.tail()}")
+                     f"last lines of {s.log_path}:\n{s.tail()}")
                 if not self.cfg.keep_going:
                     return 1
                 if not live:
@@ -345,24 +295,41 @@ class Launcher:
         return 0
 
 
+def dry_run(cfg: LaunchConfig) -> None:
+    """Print what would run: the MPS daemon (if one of its own), then each server, with the variables that matter."""
+    log_dir = cfg.log_dir or Path(tempfile.gettempdir()) / "qwen-fast-engines-XXXXXXXX"
+    plan = make_plan(cfg, os.environ, Path(_short_tmp()) / "qwen-fast-mps-XXXXXXXX", log_dir / "mps")
+    if plan.mps.note:
+        _say(plan.mps.note)
+    if plan.mps.mode == "own":
+        print(MpsDaemon(plan.mps, os.environ, pci_order=cfg.gpus is not None).command())
+    for s in plan.slots:
+        print(_command(plan.server_env(s, os.environ), serve_argv(cfg, s)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qwen-fast engines",
-        usage="qwen-fast engines --engines N --model PATH [options] [-- <vllm serve args>]",
+        usage="qwen-fast engines --engines N --model PATH [--gpus all|0,1,...] [options] [-- <vllm serve args>]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Start N `vllm serve` processes on one GPU (a 0.6B model's engine is CPU-bound; several per\n"
-        "GPU, routed by BatchedChatQwen(base_url=[...]), serve more), wait until each answers /health, print\n"
-        "their base_url list and QWEN_BASE_URL=..., and stop them all on Ctrl-C or SIGTERM.",
+        description="Start N `vllm serve` processes on each GPU (a 0.6B model's engine is CPU-bound; several per\n"
+        "GPU, routed by BatchedChatQwen(base_url=[...]), serve more) under one CUDA MPS daemon, wait until each\n"
+        "answers /health, print their base_url list and QWEN_BASE_URL=..., and stop them all on Ctrl-C or SIGTERM.",
         epilog=(__doc__ or "\n\n" * 3).split("\n\n", 3)[3].replace("``", ""),  # the module docstring's rules
     )
     p.add_argument("--engines", dest="servers", type=int, required=True, metavar="N",
-                   help="how many vllm serve processes to start on the GPU")
+                   help="vllm serve processes per GPU: on each GPU of --gpus, or on the one GPU the environment "
+                   "shows")
     p.add_argument("--model", required=True, metavar="PATH", help="model path or id given to vllm serve")
-    p.add_argument("--port", type=int, default=8000, help="first of N consecutive ports (default 8000)")
+    p.add_argument("--gpus", metavar="all|0,1,...",
+                   help="GPUs by nvidia-smi index, N servers pinned to each (default: the environment's GPU)")
+    p.add_argument("--no-mps", dest="mps", action="store_false",
+                   help="start no CUDA MPS control daemon (default: one for all servers, where it can run)")
+    p.add_argument("--port", type=int, default=8000, help="first of the consecutive ports (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address the servers bind (default 127.0.0.1)")
     p.add_argument("--vllm", default="vllm", metavar="PATH", help="the vllm executable (default: vllm on PATH)")
     p.add_argument("--log-dir", type=Path, metavar="DIR",
-                   help="one server-PORT.log per server (default: a new temporary folder, printed at start)")
+                   help="one server-PORT.log per server, mps/ for MPS (default: a new temporary folder, printed)")
     p.add_argument("--startup-timeout", type=float, default=600.0, metavar="S",
                    help="seconds for every server to answer GET /health with 200 (default 600; vLLM on a GPU "
                    "takes about 3 minutes)")
@@ -374,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="when a server dies after start-up, report it and keep serving with the rest")
     p.add_argument("--no-default-flags", dest="default_flags", action="store_false",
                    help=f"leave out the default serve flags ({' '.join(DEFAULT_SERVE_FLAGS)})")
-    p.add_argument("--dry-run", action="store_true", help="print each server's command and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the MPS daemon's and each server's command with their variables, and exit")
     return p
 
 
@@ -389,16 +357,15 @@ def parse_args(argv: Sequence[str]) -> tuple[LaunchConfig, bool]:
     cfg = LaunchConfig(servers=a.servers, model=a.model, host=a.host, port=a.port, vllm=a.vllm,
                        extra=tuple(extra), default_flags=a.default_flags, log_dir=a.log_dir,
                        startup_timeout=a.startup_timeout, stop_timeout=a.stop_timeout,
-                       ready_file=a.ready_file, keep_going=a.keep_going)
+                       ready_file=a.ready_file, keep_going=a.keep_going, gpus=a.gpus, mps=a.mps)
     return cfg, a.dry_run
 
 
 def main(argv: list[str]) -> int:
     try:
-        cfg, dry_run = parse_args(argv)
-        if dry_run:
-            for port in cfg.ports:
-                print(shlex.join(serve_argv(cfg, port)))
+        cfg, dry = parse_args(argv)
+        if dry:
+            dry_run(cfg)
             return 0
         return Launcher(cfg).run()
     except LaunchError as e:

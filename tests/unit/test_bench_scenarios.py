@@ -1,6 +1,7 @@
-"""Benchmark rows count their errors by type (bench/scenarios.py), whichever client made them.
+"""Benchmark rows count their errors by type (bench/scenarios.py), whichever client made them; the replicas plan
+compares engine counts or named sets of engines (bench/replicas.py).
 
-Covers: bench/scenarios.py."""
+Covers: bench/scenarios.py, bench/replicas.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from _qwen_fakes import LocalServer, chat_body, last_user_text
 
 from langchain_qwen_fast.bench import scenarios as S
@@ -99,3 +101,27 @@ def test_replicas_raw_rows_spread_lists_over_the_engines_and_name_each_error_typ
     row = replicas.raw_scenario([server.base_url, "http://127.0.0.1:9/v1"], w, per_server=2, batch=8)
     assert row["scenario"] == "raw_lists_x2" and row["errors"] == 64
     assert set(row["error_types"]) == {"HTTP 503", "ClientConnectorError"}, row["error_types"]  # both engines got lists
+
+
+def test_named_sets_run_each_depth_and_limit_and_reverse_in_odd_rounds() -> None:
+    from langchain_qwen_fast.bench import replicas
+
+    sets = replicas.parse_sets(["old=http://a/v1,http://b/v1", "new=http://c/v1, http://d/v1"])
+    assert sets == {"old": ["http://a/v1", "http://b/v1"], "new": ["http://c/v1", "http://d/v1"]}
+    even = [n for n, _ in replicas.set_plan(sets, [16, 64], ["raw", "batch"], [512], openai=True, rnd=0)]
+    assert even == ["openai_batch_default_x1", "raw_lists_old_c16", "raw_lists_old_c64", "qwen_batch_old",
+                    "qwen_batch_old_mc512", "raw_lists_new_c16", "raw_lists_new_c64", "qwen_batch_new",
+                    "qwen_batch_new_mc512"]
+    odd = [n for n, _ in replicas.set_plan(sets, [16, 64], ["raw", "batch"], [512], openai=True, rnd=1)]
+    assert odd == list(reversed(even))
+    for bad in (["old"], ["=http://a/v1"], ["a=http://x/v1", "a=http://y/v1"]):
+        with pytest.raises(SystemExit, match="give NAME=URL"):
+            replicas.parse_sets(bad)
+
+
+def test_a_deep_row_sends_three_times_what_it_keeps_in_flight() -> None:
+    from langchain_qwen_fast.bench import replicas
+
+    w = S.Workload("http://x/v1", n=3000)
+    assert replicas.waves(w, 16 * 32, 3).n == 4608  # 16 lists of 32 on each of 3 engines, three times over
+    assert replicas.waves(w, 2, 1).n == 3000  # never fewer than asked for

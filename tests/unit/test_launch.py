@@ -1,20 +1,14 @@
 """``qwen-fast engines`` (langchain_qwen_fast/cli/engines.py): argument handling, and process handling with a
-fake ``vllm`` on PATH. The launcher runs as a subprocess, as users run it.
+fake ``vllm`` (and fake NVIDIA tools: one 80 GB GPU, an MPS control binary) as the launcher's whole PATH; the
+launcher runs as a subprocess, as users run it. The fakes are described in ``_launch_fakes.py``; GPUs and MPS
+have their own tests in test_launch_gpus.py.
 
-The fake (written into tmp_path) parses ``serve MODEL --host H --port P ...``, records its argv, forks a
-worker (like vLLM's engine core, in the same process group), writes both PIDs, and serves GET /health
-with http.server; on SIGTERM it stops its worker and exits, as vllm serve does. Per port (comma-separated
-lists in env vars) it can fail at start (FAKE_VLLM_FAIL), never become healthy (FAKE_VLLM_HANG), die after
-a while (FAKE_VLLM_DIE_AFTER=PORT:SECONDS), or ignore SIGTERM, server and worker both
-(FAKE_VLLM_IGNORE_TERM; it records each SIGTERM it got).
-
-Covers: cli/engines.py, _process.py.
+Covers: cli/engines.py, cli/engines_plan.py, _process.py.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -22,72 +16,16 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from _launch_fakes import MODEL, Launches, Run
 from _procs import gone, wait_until
 from support import free_ports
 
-from langchain_qwen_fast._process import ChildProcess
-from langchain_qwen_fast.cli.engines import (
-    DEFAULT_KV_CACHE_BYTES,
-    DEFAULT_SERVE_FLAGS,
-    LaunchConfig,
-    LaunchError,
-    flag_names,
-    main,
-    serve_argv,
-    split_memory,
-)
-
-MODEL = "/models/Qwen3-0.6B/"
-FAKE_VLLM = """\
-import http.server, json, os, signal, sys, threading, time
-args = sys.argv[1:]
-assert args[0] == "serve", args
-host, port = args[args.index("--host") + 1], int(args[args.index("--port") + 1])
-rec = os.environ["FAKE_VLLM_DIR"]
-def on(var):
-    return str(port) in os.environ.get(var, "").split(",")
-def put(name, text):
-    with open(f"{rec}/{name}.tmp", "w") as f:
-        f.write(text)
-    os.replace(f"{rec}/{name}.tmp", f"{rec}/{name}")
-if on("FAKE_VLLM_IGNORE_TERM"):
-    signal.signal(signal.SIGTERM, lambda *a: open(f"{rec}/term-{port}", "a").write(f"{os.getpid()}\\n"))
-worker = os.fork()
-if worker == 0:
-    while True:
-        time.sleep(60)
-if not on("FAKE_VLLM_IGNORE_TERM"):  # like vllm serve: on SIGTERM, stop the engine core, then exit
-    signal.signal(signal.SIGTERM, lambda *a: (os.kill(worker, signal.SIGTERM), os._exit(0)))
-put(f"argv-{port}.json", json.dumps(args))
-put(f"pids-{port}.json", json.dumps([os.getpid(), worker]))
-print(f"fake vllm on port {port}: loading {args[1]}", flush=True)
-if on("FAKE_VLLM_FAIL"):
-    time.sleep(1.0)
-    print(f"fake vllm on port {port}: RuntimeError: Engine core initialization failed", flush=True)
-    sys.exit(1)
-if on("FAKE_VLLM_HANG"):
-    while True:
-        time.sleep(60)
-class Health(http.server.BaseHTTPRequestHandler):
-    def do_GET(self):
-        self.send_response(200 if self.path == "/health" else 404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-    def log_message(self, *a):
-        pass
-server = http.server.HTTPServer((host, port), Health)
-die = os.environ.get("FAKE_VLLM_DIE_AFTER", "")
-if die.split(":")[0] == str(port):
-    def _die():
-        print(f"fake vllm on port {port}: CUDA error: an illegal memory access", flush=True)
-        os._exit(3)
-    threading.Timer(float(die.split(":")[1]), _die).start()
-server.serve_forever()
-"""
+from langchain_qwen_fast.cli.engines import main
+from langchain_qwen_fast.cli.engines_plan import DEFAULT_SERVE_FLAGS, LaunchConfig, LaunchError, flag_names, serve_argv
+from langchain_qwen_fast.cli.gpus import DEFAULT_KV_CACHE_BYTES, Slot, split_memory
 
 
 # -------------------------------------------------------------------------------- argument handling
@@ -95,19 +33,23 @@ def cfg(*extra: str, servers: int = 3, **kw: object) -> LaunchConfig:
     return LaunchConfig(servers=servers, model=MODEL, extra=extra, **kw)  # type: ignore[arg-type]
 
 
+def slot(port: int = 8000, servers: int = 3) -> Slot:
+    return Slot(port, None, split_memory(servers), DEFAULT_KV_CACHE_BYTES)
+
+
 @pytest.mark.parametrize(("servers", "share"), [(1, 0.9), (2, 0.45), (3, 0.3), (4, 0.22), (7, 0.12), (16, 0.05)])
 def test_memory_is_split_to_at_most_ninety_percent_rounded_down(servers: int, share: float) -> None:
     assert split_memory(servers) == share
     assert servers * share <= 0.9 + 1e-9
-    argv = serve_argv(cfg(servers=servers), 8000)
+    argv = serve_argv(cfg(servers=servers), slot(servers=servers))
     assert argv[argv.index("--gpu-memory-utilization") + 1] == f"{share:.2f}"
 
 
-def test_the_command_has_the_model_host_port_memory_flags_and_served_name() -> None:
-    argv = serve_argv(cfg("--max-model-len", "4096"), 8001)
+def test_the_command_has_the_model_host_port_and_memory_flags_and_no_served_name_of_its_own() -> None:
+    argv = serve_argv(cfg("--max-model-len", "4096"), slot(8001))
     assert argv[:7] == ["vllm", "serve", MODEL, "--host", "127.0.0.1", "--port", "8001"]
     assert argv[argv.index("--kv-cache-memory-bytes") + 1] == str(DEFAULT_KV_CACHE_BYTES) == "10737418240"
-    assert argv[argv.index("--served-model-name") + 1] == "Qwen3-0.6B"  # last component, trailing / ignored
+    assert "--served-model-name" not in argv  # vLLM then serves the model argument as given
     assert all(f in argv for f in DEFAULT_SERVE_FLAGS)
     assert argv[-2:] == ["--max-model-len", "4096"]  # the user's args last, untouched
 
@@ -126,21 +68,22 @@ def test_the_command_has_the_model_host_port_memory_flags_and_served_name() -> N
 def test_a_flag_given_after_the_separator_wins_and_is_never_passed_twice(
     extra: tuple[str, ...], replaced: str
 ) -> None:
-    argv = serve_argv(cfg(*extra), 8000)
+    argv = serve_argv(cfg(*extra), slot())
     assert argv[-len(extra):] == list(extra)  # the user's form is there...
     names = [t[2:].split("=")[0].replace("_", "-").removeprefix("no-") for t in argv if t.startswith("--")]
     assert names.count(replaced[2:]) == 1  # ...and the launcher's is not
     assert len(names) == len(set(names)), argv
 
 
-def test_the_users_served_model_name_is_the_one_reported() -> None:
+def test_the_served_name_is_vllms_own_the_model_as_given_unless_the_user_names_one() -> None:
     assert cfg("--served-model-name=qwen-small").served_model_name == "qwen-small"
     assert cfg("--served-model-name", "a", "b").served_model_name == "a"
-    assert cfg().served_model_name == "Qwen3-0.6B"
+    assert cfg().served_model_name == MODEL  # trailing slash and all, as `vllm serve MODEL` serves it
+    assert LaunchConfig(servers=1, model="Qwen/Qwen3-0.6B").served_model_name == "Qwen/Qwen3-0.6B"
 
 
 def test_no_default_flags_leaves_them_out() -> None:
-    argv = serve_argv(cfg(default_flags=False), 8000)
+    argv = serve_argv(cfg(default_flags=False), slot())
     assert not set(DEFAULT_SERVE_FLAGS) & set(argv)
     assert "--kv-cache-memory-bytes" in argv  # the memory flags are not "default flags"
 
@@ -171,7 +114,11 @@ def test_main_reports_bad_arguments_with_exit_code_2(capsys: pytest.CaptureFixtu
     assert "flags for vllm serve go after --" in capsys.readouterr().err
 
 
-def test_dry_run_prints_one_command_per_consecutive_port(capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_one_command_per_consecutive_port(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # no NVIDIA tools: no GPU list, no MPS daemon
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     assert main(["--engines", "2", "--model", MODEL, "--port", "9100", "--dry-run", "--", "--enforce-eager"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 and "--port 9100 " in lines[0] and "--port 9101 " in lines[1]
@@ -193,65 +140,17 @@ def healthy(port: int) -> bool:
         return False
 
 
-@dataclass
-class Run:
-    """One launcher started by ``launch``; ``pids()`` are every fake server's and worker's PIDs."""
-
-    tmp: Path
-    base: int
-    n: int
-    child: ChildProcess
-    ready_file: Path
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def ports(self) -> list[int]:
-        return list(range(self.base, self.base + self.n))
-
-    def pids(self) -> list[int]:
-        return [p for f in sorted((self.tmp / "rec").glob("pids-*.json")) for p in json.loads(f.read_text())]
-
-    def argv(self, port: int) -> list[str]:
-        return list(json.loads((self.tmp / "rec" / f"argv-{port}.json").read_text()))
-
-    def finish(self, timeout: float = 30.0) -> int:
-        assert self.child.wait(timeout), f"launcher still running:\n{self.child.output_tail()}"
-        assert self.child.returncode is not None
-        return self.child.returncode
-
-
 @pytest.fixture
 def launch(tmp_path: Path) -> Iterator[Callable[..., Run]]:
     """``launch(n, *args, base=None, wait_ready=True, **fake_env)``: the launcher on n consecutive ports
-    from ``base`` (default: free ones) with the fake vllm; ``wait_ready`` waits for its ready file."""
-    bin_dir, rec = tmp_path / "bin", tmp_path / "rec"
-    bin_dir.mkdir()
-    rec.mkdir()
-    fake = bin_dir / "vllm"
-    fake.write_text(f"#!{sys.executable} -IS\n{FAKE_VLLM}")
-    fake.chmod(0o755)
-    runs: list[Run] = []
+    from ``base`` (default: free ones) with the fakes; ``wait_ready`` waits for its ready file."""
+    launches = Launches(tmp_path)
 
-    def start(n: int, *args: str, base: int | None = None, wait_ready: bool = True, **fake_env: str) -> Run:
-        base, ready_file = base or free_ports(n), tmp_path / "ready.json"
-        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-               "FAKE_VLLM_DIR": str(rec), **fake_env}
-        argv = [sys.executable, "-m", "langchain_qwen_fast.cli.engines", "--engines", str(n), "--model", MODEL,
-                "--port", str(base), "--log-dir", str(tmp_path / "logs"), "--ready-file", str(ready_file),
-                "--stop-timeout", "2", *args]
-        child = ChildProcess(argv, env=env, ready=ready_file.exists if wait_ready else None, startup_timeout=60,
-                             name="qwen-fast engines")
-        run = Run(tmp_path, base, n, child, ready_file)
-        runs.append(run)
-        child.start()
-        return run
+    def start(n: int, *args: str, base: int | None = None, **kw: object) -> Run:
+        return launches.start(n, *args, base=base or free_ports(n), **kw)  # type: ignore[arg-type]
 
     yield start
-    for run in runs:  # also when the test failed: nothing may outlive it
-        run.child.kill()
-        for pid in run.pids():
-            if not gone(pid):
-                os.kill(pid, signal.SIGKILL)
+    launches.cleanup()
 
 
 def test_all_servers_start_and_are_reported_ready(launch: Callable[..., Run]) -> None:
@@ -262,7 +161,7 @@ def test_all_servers_start_and_are_reported_ready(launch: Callable[..., Run]) ->
     for port in run.ports:
         argv = run.argv(port)
         assert argv[:6] == ["serve", MODEL, "--host", "127.0.0.1", "--port", str(port)]
-        assert argv[argv.index("--served-model-name") + 1] == "Qwen3-0.6B"
+        assert "--served-model-name" not in argv
         assert argv[argv.index("--gpu-memory-utilization") + 1] == "0.30"
         assert argv[-2:] == ["--max-model-len", "4096"]
     out = run.child.output().splitlines()
@@ -270,7 +169,7 @@ def test_all_servers_start_and_are_reported_ready(launch: Callable[..., Run]) ->
     for port, pid in zip(run.ports, pids[::2], strict=True):
         assert f"http://127.0.0.1:{port}/v1  pid {pid}  log {run.tmp / 'logs' / f'server-{port}.log'}" in out
     assert "QWEN_BASE_URL=" + ",".join(urls) in out
-    assert f'llm = BatchedChatQwen(model="Qwen3-0.6B", base_url={json.dumps(urls)})' in "\n".join(out)
+    assert f'llm = BatchedChatQwen(model="{MODEL}", base_url={json.dumps(urls)})' in "\n".join(out)
     assert "loading " + MODEL in (run.tmp / "logs" / f"server-{run.base}.log").read_text()
 
     run.child.send_signal(signal.SIGTERM)
@@ -369,12 +268,8 @@ def test_servers_do_not_outlive_a_sigkilled_launcher(launch: Callable[..., Run])
 def test_an_error_in_the_launcher_itself_still_stops_every_server(tmp_path: Path) -> None:
     # stdout is a pipe whose reader is gone (as in `qwen-fast engines ... | head -0`): printing the
     # ready lines raises BrokenPipeError inside the launcher.
-    bin_dir, rec = tmp_path / "bin", tmp_path / "rec"
-    bin_dir.mkdir()
-    rec.mkdir()
-    (bin_dir / "vllm").write_text(f"#!{sys.executable} -IS\n{FAKE_VLLM}")
-    (bin_dir / "vllm").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "FAKE_VLLM_DIR": str(rec)}
+    launches = Launches(tmp_path)
+    env, rec = launches.env(), launches.rec
     proc = subprocess.Popen(
         [sys.executable, "-m", "langchain_qwen_fast.cli.engines", "--engines", "2", "--model", MODEL,
          "--port", str(free_ports(2)), "--stop-timeout", "2"],
@@ -384,11 +279,10 @@ def test_an_error_in_the_launcher_itself_still_stops_every_server(tmp_path: Path
     try:
         _, err = proc.communicate(timeout=60)
         pids = [p for f in rec.glob("pids-*.json") for p in json.loads(f.read_text())]
+        daemons = [int(line.split()[1]) for line in (rec / "mps.log").read_text().splitlines() if "start" in line]
         assert proc.returncode != 0 and "BrokenPipeError" in err
         assert len(pids) == 4 and all(gone(p) for p in pids)
+        assert len(daemons) == 1 and gone(daemons[0])  # the MPS daemon too
     finally:
         proc.kill()
-        for f in rec.glob("pids-*.json"):
-            for p in json.loads(f.read_text()):
-                if not gone(p):
-                    os.kill(p, signal.SIGKILL)
+        launches.cleanup()
