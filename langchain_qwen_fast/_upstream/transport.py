@@ -28,6 +28,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from langchain_qwen_fast._engines import HttpEngine, RawResponse, StreamHandle
 from langchain_qwen_fast._errors import (
     APIConnectionError,
+    NotFoundError,
     connection_error,
     deadline_error,
     from_status,
@@ -35,6 +36,7 @@ from langchain_qwen_fast._errors import (
     is_retryable,
     server_message,
 )
+from langchain_qwen_fast._upstream.models import ServedModels
 from langchain_qwen_fast._upstream.replicas import Lease, Replica, ReplicaSet
 from langchain_qwen_fast._upstream.sse import DONE, sse_event
 from langchain_qwen_fast._urls import server_root
@@ -95,6 +97,7 @@ class Transport:
         self.engine = engine
         self.retry = retry
         replicas.prober = self.probe
+        self.models = ServedModels(replicas, engine)  # model lookups: a 404's served list, a default's choice
 
     def _record_failure(self, ep: Replica, exc: BaseException) -> None:
         self.replicas.failed(ep, exc)
@@ -197,7 +200,11 @@ class Transport:
         def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, Any]]:
             return self._attempt(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        return (await self._with_retries(attempt, deadline, lease.replica))[1]
+        try:
+            return (await self._with_retries(attempt, deadline, lease.replica))[1]
+        except NotFoundError as e:  # "The model `X` does not exist": say what is served instead
+            await self.models.explain(e, payload.get("model"), headers)
+            raise
 
     async def _with_retries(self, attempt: _Attempt[T], deadline: float, first_ep: Replica) -> T:
         """Run ``attempt`` once directly; on a retryable failure hand it to :meth:`_retry`."""
@@ -303,7 +310,11 @@ class Transport:
         def attempt(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
             return self._open(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        ep, handle = await self._with_retries(attempt, deadline, lease.replica)
+        try:
+            ep, handle = await self._with_retries(attempt, deadline, lease.replica)
+        except NotFoundError as e:
+            await self.models.explain(e, payload.get("model"), headers)
+            raise
         url = ep.base + path
         ep.outstanding += 1
         t0, done, events = time.monotonic(), False, 0
@@ -333,6 +344,7 @@ class Transport:
 
 
     async def aclose(self) -> None:
+        await self.models.aclose()
         await self.replicas.aclose()
         await self.engine.aclose()
 
