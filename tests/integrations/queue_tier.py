@@ -27,7 +27,7 @@ import pytest
 
 from langchain_qwen_fast._process import ChildProcess
 
-SIM_MODEL = "Qwen-0.6B"
+SIM_MODEL = "Qwen/Qwen3-0.6B"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
