@@ -39,7 +39,7 @@ from langchain_qwen_fast.integrations.redis_streams import JobQueue, connect
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
 HERE = Path(__file__).resolve().parent
-MODEL = "Qwen-0.6B"
+MODEL = "Qwen/Qwen3-0.6B"
 
 
 def _workers(redis_url: str, replicas: list[str], stream: str, count: int, args: argparse.Namespace) -> list[Any]:

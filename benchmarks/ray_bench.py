@@ -36,7 +36,7 @@ from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast.integrations.ray_data import qwen_map_batches
 from langchain_qwen_fast.testing import SimConfig, SimServer
 
-MODEL = "Qwen-0.6B"
+MODEL = "Qwen/Qwen3-0.6B"
 
 
 def prompts(n: int) -> list[str]:

@@ -36,7 +36,7 @@ import httpx
 import orjson
 
 BODY = {
-    "model": "Qwen-0.6B",
+    "model": "Qwen/Qwen3-0.6B",
     "messages": [{"role": "user", "content": "What is the capital of France?"}],
     "max_tokens": 32,
     "chat_template_kwargs": {"enable_thinking": False},
@@ -123,7 +123,7 @@ async def run_engine(url: str, n: int, inflight: int) -> int:
 def run_qwen_batch(url: str, n: int, inflight: int, mode: str = "completions") -> int:
     from langchain_qwen_fast import BatchedChatQwen
 
-    with BatchedChatQwen(base_url=url, model="Qwen-0.6B", max_tokens=32, max_concurrency=inflight,
+    with BatchedChatQwen(base_url=url, model="Qwen/Qwen3-0.6B", max_tokens=32, max_concurrency=inflight,
                          max_retries=0, timeout=60, wire_mode=mode) as m:
         out = m.batch(["What is the capital of France?"] * n, return_exceptions=True)
     return sum(isinstance(o, Exception) for o in out)
@@ -132,7 +132,7 @@ def run_qwen_batch(url: str, n: int, inflight: int, mode: str = "completions") -
 def run_openai_batch(url: str, n: int, inflight: int) -> int:
     from langchain_openai import ChatOpenAI
 
-    m = ChatOpenAI(base_url=url, model="Qwen-0.6B", api_key="EMPTY", max_tokens=32, max_retries=0, timeout=60,
+    m = ChatOpenAI(base_url=url, model="Qwen/Qwen3-0.6B", api_key="EMPTY", max_tokens=32, max_retries=0, timeout=60,
                    extra_body={"chat_template_kwargs": {"enable_thinking": False}})
     out = m.batch(["What is the capital of France?"] * n, config={"max_concurrency": inflight},
                   return_exceptions=True)

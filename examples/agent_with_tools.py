@@ -4,7 +4,7 @@
     python examples/agent_with_tools.py [--base-url URL] [--model NAME] [--question TEXT]
 
 --base-url defaults to $QWEN_BASE_URL, else http://localhost:8000/v1; --model to $QWEN_MODEL,
-else the first model the server lists. Needs ``langgraph``. On vLLM, tool calls need
+else the one model the server serves (BatchedChatQwen asks it). Needs ``langgraph``. On vLLM, tool calls need
 ``--enable-auto-tool-choice --tool-call-parser hermes`` (``qwen-fast doctor`` checks it).
 
 The graph is the classic loop, written out: the model node answers or asks for tools, the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import httpx
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
 from langgraph.graph import START, MessagesState, StateGraph
@@ -38,13 +37,6 @@ def get_weather(city: str) -> str:
 def convert_to_fahrenheit(celsius: float) -> float:
     """Convert a temperature from degrees Celsius to degrees Fahrenheit."""
     return round(celsius * 9 / 5 + 32, 1)
-
-
-def served_model(base_url: str) -> str:
-    """The first model the server lists (vLLM: its --served-model-name)."""
-    r = httpx.get(base_url.rstrip("/") + "/models", timeout=10, trust_env=False)
-    r.raise_for_status()
-    return str(r.json()["data"][0]["id"])
 
 
 def build_agent(model: BatchedChatQwen):  # type: ignore[no-untyped-def]
@@ -70,9 +62,9 @@ def main() -> None:
     ap.add_argument("--question", default="What is the weather in Paris? Use get_weather, then "
                     "convert_to_fahrenheit on the temperature.")
     args = ap.parse_args()
-    model_name = args.model or served_model(args.base_url)
+    named = {"model": args.model} if args.model else {}  # else QWEN_MODEL, else what the server serves
 
-    with BatchedChatQwen(model=model_name, base_url=args.base_url, max_tokens=512,
+    with BatchedChatQwen(**named, base_url=args.base_url, max_tokens=512,
                          temperature=0.7) as model:
         agent = build_agent(model)
         result = agent.invoke({"messages": [HumanMessage(args.question)]},

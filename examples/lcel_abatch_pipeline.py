@@ -5,7 +5,7 @@
         [--max-concurrency N] [--max-tokens 64]
 
 --base-url defaults to $QWEN_BASE_URL, else http://localhost:8000/v1; --model to $QWEN_MODEL,
-else the first model the server lists.
+else the one model the server serves (BatchedChatQwen asks it).
 
 ``chain.abatch`` hands the whole list to the model's ``abatch``: one submission, bounded by the
 pool's admission limit (``max_concurrency``, 512 by default) or by a per-call
@@ -22,18 +22,10 @@ import json
 import os
 import time
 
-import httpx
 from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_qwen_fast import BatchedChatQwen
-
-
-def served_model(base_url: str) -> str:
-    """The first model the server lists (vLLM: its --served-model-name)."""
-    r = httpx.get(base_url.rstrip("/") + "/models", timeout=10, trust_env=False)
-    r.raise_for_status()
-    return str(r.json()["data"][0]["id"])
 
 
 async def main() -> None:
@@ -44,7 +36,7 @@ async def main() -> None:
     ap.add_argument("--max-concurrency", type=int, default=None, help="per-call admission limit")
     ap.add_argument("--max-tokens", type=int, default=64)
     args = ap.parse_args()
-    model_name = args.model or served_model(args.base_url)
+    named = {"model": args.model} if args.model else {}  # else QWEN_MODEL, else what the server serves
 
     prompt = ChatPromptTemplate.from_messages([
         ("system", "You write product taglines. One line, no quotes."),
@@ -54,7 +46,7 @@ async def main() -> None:
     items = ["bicycle", "teapot", "backpack", "desk lamp", "notebook", "tent", "kite"]
     inputs = [{"i": i, "adjective": adjectives[i % 6], "item": items[i % 7]} for i in range(args.n)]
 
-    async with BatchedChatQwen(model=model_name, base_url=args.base_url,
+    async with BatchedChatQwen(**named, base_url=args.base_url,
                                max_tokens=args.max_tokens, temperature=0.7) as model:
         chain = prompt | model | StrOutputParser()
         config = {"max_concurrency": args.max_concurrency} if args.max_concurrency else None

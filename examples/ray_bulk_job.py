@@ -28,7 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import pyarrow.parquet as pq
 import ray
 
@@ -37,13 +36,6 @@ from langchain_qwen_fast.testing import SimConfig, SimServer
 
 ADJECTIVES = ["quiet", "solar", "folding", "smart", "vintage", "waterproof"]
 ITEMS = ["bicycle", "teapot", "backpack", "desk lamp", "notebook", "tent", "kite"]
-
-
-def served_model(base_url: str) -> str:
-    """The first model the server lists (vLLM: its --served-model-name)."""
-    r = httpx.get(base_url.rstrip("/") + "/models", timeout=10, trust_env=False)
-    r.raise_for_status()
-    return str(r.json()["data"][0]["id"])
 
 
 def write_prompts(path: Path, rows: int) -> None:
@@ -76,13 +68,13 @@ def main() -> None:
             source = work / "prompts.jsonl"
             write_prompts(source, args.rows)
         output = args.output or work / "answers"
-        model = args.model or served_model(urls[0])
+        named = {"model": args.model} if args.model else {}  # else each actor's model takes what the servers serve
 
         ray.init(address=args.ray_address, include_dashboard=False)
         stack.callback(ray.shutdown)
         ds = ray.data.read_parquet(str(source)) if source.suffix != ".jsonl" else ray.data.read_json(str(source))
         t0 = time.perf_counter()
-        answered = qwen_map_batches(ds, llm_kwargs={"base_url": urls, "model": model, "max_tokens": args.max_tokens},
+        answered = qwen_map_batches(ds, llm_kwargs={"base_url": urls, **named, "max_tokens": args.max_tokens},
                                     actors=args.actors)
         answered.write_parquet(str(output))
         elapsed = time.perf_counter() - t0

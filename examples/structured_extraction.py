@@ -4,7 +4,7 @@
     python examples/structured_extraction.py [--base-url URL] [--model NAME] [--n 8]
 
 --base-url defaults to $QWEN_BASE_URL, else http://localhost:8000/v1; --model to $QWEN_MODEL,
-else the first model the server lists.
+else the one model the server serves (BatchedChatQwen asks it).
 
 ``with_structured_output(Person)`` uses ``response_format={"type": "json_schema", ...}`` (the
 default method), so the server's grammar engine (xgrammar in vLLM) guarantees JSON that fits the
@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 
-import httpx
 from pydantic import BaseModel, Field
 
 from langchain_qwen_fast import BatchedChatQwen
@@ -44,24 +43,17 @@ TEXTS = [
 ]
 
 
-def served_model(base_url: str) -> str:
-    """The first model the server lists (vLLM: its --served-model-name)."""
-    r = httpx.get(base_url.rstrip("/") + "/models", timeout=10, trust_env=False)
-    r.raise_for_status()
-    return str(r.json()["data"][0]["id"])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base-url", default=os.environ.get("QWEN_BASE_URL", "http://localhost:8000/v1"))
     ap.add_argument("--model", default=os.environ.get("QWEN_MODEL"))
     ap.add_argument("--n", type=int, default=len(TEXTS), help="number of texts (cycled)")
     args = ap.parse_args()
-    model_name = args.model or served_model(args.base_url)
+    named = {"model": args.model} if args.model else {}  # else QWEN_MODEL, else what the server serves
     texts = [TEXTS[i % len(TEXTS)] for i in range(args.n)]
     prompts = [f"Extract the person from this text.\n\n{t}" for t in texts]
 
-    with BatchedChatQwen(model=model_name, base_url=args.base_url, max_tokens=256,
+    with BatchedChatQwen(**named, base_url=args.base_url, max_tokens=256,
                          temperature=0) as model:
         extractor = model.with_structured_output(Person)
         people = extractor.batch(prompts, return_exceptions=True)

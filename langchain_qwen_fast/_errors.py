@@ -7,7 +7,7 @@ Hierarchy (each also carries ``status_code``, ``body`` and ``url`` where there w
     ├── ContextOverflowError       <- ContextLengthError         400 "maximum context length" (never retried)
     ├── ModelAuthenticationError   <- AuthenticationError        401 (never retried)
     ├── ModelPermissionDeniedError <- PermissionDeniedError      403 (never retried)
-    ├── ModelNotFoundError         <- NotFoundError              404 (names the /v1 fix when it applies)
+    ├── ModelNotFoundError         <- NotFoundError              404 (names the base_url or model to use)
     ├── ModelRateLimitError        <- RateLimitError             429 (retried, honours Retry-After)
     ├── ModelAPIError              <- ServerError                5xx (retried)
     │                              <- InvalidResponseError       a non-JSON / HTML / malformed body (quotes it),
@@ -40,7 +40,7 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-from langchain_qwen_fast._urls import redact_url
+from langchain_qwen_fast._urls import base_url_candidates, redact_url, suggest_base_url
 
 _CONTEXT_MARKERS = (
     "maximum context length",
@@ -158,13 +158,7 @@ def from_status(status: int, body: bytes, url: str, retry_after: float | None = 
     cls: type[_HTTPInfo]
     if status == 404:
         cls = NotFoundError
-        root = url.split("?")[0]
-        for suffix in ("/chat/completions", "/completions"):  # the path we appended to base_url
-            if root.endswith(suffix):
-                root = root[: -len(suffix)]
-                break
-        if not root.rstrip("/").endswith("/v1"):
-            text += f" -- the base_url has no /v1 suffix; OpenAI-compatible servers answer under {root}/v1"
+        text += _prefix_hint(url, msg)
     elif status in (400, 413, 422) and any(m in msg.lower() for m in _CONTEXT_MARKERS):
         cls = ContextLengthError
     elif status in (400, 409, 413, 422):
@@ -184,6 +178,25 @@ def from_status(status: int, body: bytes, url: str, retry_after: float | None = 
     exc = cls(text)  # type: ignore[call-arg]
     exc._attach(status, msg, url, retry_after)
     return exc  # type: ignore[return-value]
+
+
+def _prefix_hint(url: str, msg: str) -> str:
+    """For a 404 that is not about the model: the base_url the server probably wants (``_urls``)."""
+    if "model" in msg.lower():
+        return ""  # "The model `X` does not exist": the URL is right (the transport adds what is served)
+    base = url.split("?")[0]
+    for suffix in ("/chat/completions", "/completions"):  # the path the client appended to base_url
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    candidates = base_url_candidates(base) if suggest_base_url(base) is not None else []
+    if not candidates:
+        return ""
+    hint = (f" -- nothing answers under {base}; OpenAI-compatible servers answer under a /v1 prefix: "
+            f'use base_url="{candidates[0]}"')
+    if len(candidates) > 1:
+        hint += f' (vLLM and SGLang serve it at the root: "{candidates[1]}")'
+    return hint
 
 
 #: ``scheme://user:pass@`` anywhere in a text, also inside a quoted repr such as ``URL('http://a:b@h')``.
@@ -208,6 +221,13 @@ def _quoted_bytes(message: str) -> bytes | None:
     except (ValueError, SyntaxError):
         return None
     return value if isinstance(value, bytes) else None
+
+
+def model_not_chosen(why: str) -> NotFoundError:
+    """No model was named and the replicas do not settle one (``_served.choose``): every call would 404 somewhere."""
+    exc = NotFoundError(why)
+    exc._attach(None, why, None, None)
+    return exc
 
 
 def not_http(url: str, message: str) -> InvalidResponseError:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any, Literal
 
@@ -27,8 +29,11 @@ from langchain_qwen_fast._calls.batch import (
 from langchain_qwen_fast._calls.fields import (
     DEFAULT_BASE_URL,
     check_base_urls,
+    check_credentials,
     coerce_timeout,
     drop_unsupported_and_collect_extra,
+    is_placeholder_key,
+    key_source,
     split_base_url,
     warn_key_over_http,
 )
@@ -41,9 +46,10 @@ from langchain_qwen_fast._engines import Limits
 from langchain_qwen_fast._loop import bridge as _bridge
 from langchain_qwen_fast._loop.handle import DispatcherHandle, DispatcherSettings
 from langchain_qwen_fast._loop.runtime import Runtime
+from langchain_qwen_fast._served import DefaultName, is_named, model_from_env
 from langchain_qwen_fast._upstream.replicas import HealthPolicy, RoutingPolicy
 from langchain_qwen_fast._upstream.transport import RetryPolicy
-from langchain_qwen_fast._urls import redact_url
+from langchain_qwen_fast._urls import has_userinfo, redact_headers, redact_url
 
 
 class BatchedChatQwen(BaseChatModel):
@@ -55,10 +61,14 @@ class BatchedChatQwen(BaseChatModel):
     docs/configuration.md list every field and its default.
     """
 
-    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=())
+    # hide_input_in_errors: a validation error would otherwise echo the arguments, api key and URL credentials too.
+    model_config = ConfigDict(populate_by_name=True, arbitrary_types_allowed=True, protected_namespaces=(),
+                              hide_input_in_errors=True)
 
     # -- ChatOpenAI-compatible fields -----------------------------------------------------------
-    model_name: str = Field(default_factory=from_env("QWEN_MODEL", default="Qwen/Qwen3-0.6B"), alias="model")
+    #: The served name. Unset (no ``model=``, no ``QWEN_MODEL``): the one model every replica serves, else
+    #: ``Qwen/Qwen3-0.6B`` (what ``vllm serve Qwen/Qwen3-0.6B`` serves); a name given is never swapped.
+    model_name: str = Field(default_factory=model_from_env, alias="model")
     base_url: str | list[str] = Field(
         default_factory=from_env(("QWEN_BASE_URL", "OPENAI_BASE_URL", "OPENAI_API_BASE"), default=DEFAULT_BASE_URL),
         alias="openai_api_base",
@@ -140,15 +150,20 @@ class BatchedChatQwen(BaseChatModel):
 
     @model_validator(mode="after")
     def _check_key_over_http(self) -> BatchedChatQwen:
-        if self.api_key is not None:
-            warn_key_over_http(self.api_key.get_secret_value(), self.base_urls)
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        check_credentials(self.base_urls, key, key_source(self.model_fields_set, os.environ), self.default_headers)
+        if key is not None:
+            warn_key_over_http(key, self.base_urls)
         return self
 
     def __repr_args__(self) -> Any:
-        # A base_url may carry user:pass@ credentials; repr shows it redacted, as error messages do.
+        # A base_url may carry user:pass@ credentials and default_headers a token; repr shows neither,
+        # as error messages and logs do not.
         for k, v in super().__repr_args__():
             if k == "base_url":
                 v = redact_url(v) if isinstance(v, str) else [redact_url(u) for u in v]
+            elif k == "default_headers":
+                v = redact_headers(v)
             yield k, v
 
     # -- LangChain identity ----------------------------------------------------------------------
@@ -241,16 +256,43 @@ class BatchedChatQwen(BaseChatModel):
     def _dispatcher(self) -> tuple[Runtime, Dispatcher]:
         return self._handle.get(self._dispatcher_settings)
 
+    # A model nobody named holds a DefaultName; its first call asks the replicas (``_loop/handle.py``) and, once
+    # that is settled, the field holds the name chosen. A named or decided model pays one type check per call
+    # (a private attribute costs 4 us to read here, the per-call budget this avoids).
+    def _use_model(self) -> str | None:
+        """The name this call carries when it is not the field's (a lookup not settled yet), else None."""
+        if type(self.model_name) is not DefaultName:
+            return None
+        return self._keep_model(*self._handle.decide_model(self._dispatcher_settings, self.model_name, self._headers))
+
+    async def _ause_model(self) -> str | None:
+        if type(self.model_name) is not DefaultName:
+            return None
+        decided = await self._handle.adecide_model(self._dispatcher_settings, self.model_name, self._headers)
+        return self._keep_model(*decided)
+
+    def _keep_model(self, name: str, settled: bool) -> str | None:
+        if not settled:
+            return name
+        self.__dict__["model_name"] = str(name)  # the field now says what is used; never counted as set by the user
+        return None
+
     def _headers(self) -> dict[str, str]:
         key = self.api_key.get_secret_value() if self.api_key is not None else None
+        if is_placeholder_key(key) and any(has_userinfo(u) for u in self.base_urls):
+            key = None  # "EMPTY" beside a URL's user:password would take the Authorization header it needs
         return request_headers(key, self.default_headers)
 
-    def _spec(self, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any], stream: bool = False) -> CallSpec:
+    def _spec(self, stop: Sequence[str] | str | None, kwargs: Mapping[str, Any], stream: bool = False,
+              model: str | None = None) -> CallSpec:
+        base = self._default_params
+        if model is not None:  # a model nobody named, whose lookup is not settled yet
+            base["model"] = model
         return build_spec(
-            self._default_params,
+            base,
             self._headers(),
             self.timeout,
-            self.model_name,
+            model or self.model_name,
             self.enable_thinking,
             "chat" if stream else self.wire_mode,
             stop,
@@ -264,7 +306,22 @@ class BatchedChatQwen(BaseChatModel):
         latency, and per server (credentials redacted): requests, retries, errors, sequences in flight,
         health and the last error."""
         _, disp = self._dispatcher()
-        return disp.snapshot()
+        snap = disp.snapshot()
+        snap["model"] = self._model_info()
+        snap["served_models"] = disp.transport.models.snapshot()
+        return snap
+
+    def _model_info(self) -> dict[str, Any]:
+        """The name calls carry and how it was chosen (``stats()["model"]``)."""
+        choice = self._handle.choice
+        if "model_name" in self.model_fields_set:
+            return {"name": self.model_name, "chosen": "the model argument"}
+        if choice is not None:
+            return {"name": choice.name, "chosen": f"{choice.how}: {choice.detail}"}
+        if is_named(self.model_name):
+            return {"name": self.model_name, "chosen": "QWEN_MODEL"}
+        return {"name": self.model_name, "chosen": "not yet: no model named, so the first call asks the "
+                "replicas what they serve (GET /v1/models)"}
 
     # -- generation hooks --------------------------------------------------------------------------
     def _generate(
@@ -274,7 +331,7 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        spec = self._spec(stop, kwargs)
+        spec = self._spec(stop, kwargs, model=self._use_model())
         item = make_item(spec, messages)
         rt, disp = self._dispatcher()
         return to_result(_bridge.call_one(rt, disp, item, spec.priority))
@@ -286,17 +343,17 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        spec = self._spec(stop, kwargs)
+        spec = self._spec(stop, kwargs, model=await self._ause_model())
         item = make_item(spec, messages)
         rt, disp = self._dispatcher()
         return to_result(await _bridge.acall_one(rt, disp, item, spec.priority))
 
     def _stream_opener(
-        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any]
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict[str, Any], model: str | None
     ) -> tuple[Runtime, Callable[[], AsyncIterator[Any]]]:
         kwargs.pop("stream", None)
         usage = kwargs.pop("stream_usage", None)
-        spec = self._spec(stop, kwargs, stream=True)
+        spec = self._spec(stop, kwargs, stream=True, model=model)
         payload = make_item(spec, messages).payload or {}
         payload["stream"] = True
         if self.stream_usage if usage is None else usage:
@@ -315,8 +372,9 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        rt, opener = self._stream_opener(messages, stop, kwargs)
-        asm = StreamAssembler(self.model_name)
+        model = self._use_model()
+        rt, opener = self._stream_opener(messages, stop, kwargs, model)
+        asm = StreamAssembler(model or self.model_name)
         yield from mark_last(asm.convert(ev) for ev in _bridge.stream_events(rt, opener))
 
     async def _astream(
@@ -326,8 +384,9 @@ class BatchedChatQwen(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        rt, opener = self._stream_opener(messages, stop, kwargs)
-        asm = StreamAssembler(self.model_name)
+        model = await self._ause_model()
+        rt, opener = self._stream_opener(messages, stop, kwargs, model)
+        asm = StreamAssembler(model or self.model_name)
 
         async def converted() -> AsyncIterator[ChatGenerationChunk | None]:
             async for ev in _bridge.astream_events(rt, opener):
@@ -337,8 +396,9 @@ class BatchedChatQwen(BaseChatModel):
             yield chunk
 
     # -- batch: one submission, bounded, no thread pool ---------------------------------------------
-    def _lane(self) -> Lane:
-        return Lane(self._dispatcher, self._spec, self.max_concurrency,
+    def _lane(self, model: str | None = None) -> Lane:
+        spec = self._spec if model is None else functools.partial(self._spec, model=model)
+        return Lane(self._dispatcher, spec, self.max_concurrency,
                     "streaming" in self.model_fields_set and self.streaming)
 
     def batch(
@@ -349,7 +409,7 @@ class BatchedChatQwen(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        return batch_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+        return batch_fast(self, self._lane(self._use_model()), inputs, config, return_exceptions, kwargs)
 
     async def abatch(
         self,
@@ -359,7 +419,7 @@ class BatchedChatQwen(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> list[Any]:
-        return await abatch_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+        return await abatch_fast(self, self._lane(await self._ause_model()), inputs, config, return_exceptions, kwargs)
 
     def batch_as_completed(  # type: ignore[override]
         self,
@@ -370,9 +430,9 @@ class BatchedChatQwen(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[tuple[int, Any]]:
         """``(index, output)`` as each input finishes: one submission, as ``batch``, not a thread pool."""
-        return batch_as_completed_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+        return batch_as_completed_fast(self, self._lane(self._use_model()), inputs, config, return_exceptions, kwargs)
 
-    def abatch_as_completed(  # type: ignore[override]
+    async def abatch_as_completed(  # type: ignore[override]
         self,
         inputs: Sequence[LanguageModelInput],
         config: RunnableConfig | Sequence[RunnableConfig] | None = None,
@@ -380,7 +440,9 @@ class BatchedChatQwen(BaseChatModel):
         return_exceptions: bool = False,
         **kwargs: Any,
     ) -> AsyncIterator[tuple[int, Any]]:
-        return abatch_as_completed_fast(self, self._lane(), inputs, config, return_exceptions, kwargs)
+        lane = self._lane(await self._ause_model())
+        async for pair in abatch_as_completed_fast(self, lane, inputs, config, return_exceptions, kwargs):
+            yield pair
 
     # -- tools and structure -------------------------------------------------------------------------
     def bind_tools(

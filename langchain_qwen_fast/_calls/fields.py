@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import ipaddress
 import warnings
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from langchain_qwen_fast._urls import check_distinct
+from langchain_qwen_fast._urls import base_url_candidates, check_distinct, endpoint_suffix, has_userinfo, redact_url
 
 #: ChatOpenAI fields that mean nothing for a vLLM/SGLang Qwen server: accepted, warned about, dropped.
 UNSUPPORTED = {
@@ -83,6 +83,45 @@ def check_base_urls(urls: list[str]) -> None:
         parts = urlsplit(u)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"base_url {u!r} has no http:// or https:// scheme; use e.g. 'http://{u.split('://')[-1]}'")
+        if (suffix := endpoint_suffix(u)) is not None:
+            fixed = redact_url(base_url_candidates(u)[0])
+            raise ValueError(f"base_url {redact_url(u)!r} ends with the endpoint {suffix}; base_url is the prefix "
+                             f"the endpoints live under, as for ChatOpenAI: use base_url={fixed!r}")
+
+
+def key_source(fields_set: Collection[str], environ: Mapping[str, str]) -> str:
+    """Where an api key came from, in the words an error names it by."""
+    if "api_key" in fields_set:
+        return "the api_key argument"
+    return next((f"the environment variable {v}" for v in ("QWEN_API_KEY", "OPENAI_API_KEY") if environ.get(v)),
+                "the environment")
+
+
+def is_placeholder_key(key: str | None) -> bool:
+    """No key at all, or the ``"EMPTY"`` that OpenAI-compatible examples pass for "no key"."""
+    return not key or key == "EMPTY"
+
+
+def check_credentials(urls: Iterable[str], key: str | None, source: str, headers: Mapping[str, str] | None) -> None:
+    """A base_url with ``user:password@`` and an api key (or an ``Authorization`` header) would both need the
+    one ``Authorization`` header a request has: the HTTP client refuses such a request (aiohttp) or drops one
+    of them (httpx). Refused here, once, naming both sources and what to change."""
+    creds = next((u for u in urls if has_userinfo(u)), None)
+    if creds is None:
+        return
+    if not is_placeholder_key(key):
+        other = f"an api key from {source} (sent as `Authorization: Bearer ...`)"
+        drop = "api_key=None" + (f", or unset {source.rsplit(' ', 1)[-1]}" if "environment variable" in source else "")
+    elif headers and any(k.lower() == "authorization" for k in headers):
+        other, drop = "an Authorization header in default_headers", "remove it from default_headers"
+    else:
+        return
+    raise ValueError(
+        f"base_url {redact_url(creds)!r} carries user:password (sent as `Authorization: Basic ...`) and there is "
+        f"{other}, but a request has one Authorization header. For a proxy with basic auth in front of the server, "
+        f"keep the URL's user:password and drop the other: {drop} (if the server behind the proxy wants its own "
+        "--api-key, let the proxy set that header); for a server that wants the key, take user:password@ out of "
+        "base_url.")
 
 
 def _is_loopback(host: str | None) -> bool:

@@ -4,18 +4,25 @@ Instances with the same endpoints, engine, limits, retry, health, routing and di
 one dispatcher (so one admission limit per server and one connection pool). Each instance holds a
 reference; ``close()`` drops it, and the last one closes the pool. Built from a frozen
 :class:`DispatcherSettings`, so this module never needs the model class (layers point down).
+
+The handle also decides the model name for a model nobody named: it asks the shared dispatcher what
+its replicas serve (``_upstream/models.py``, the rule in ``_served.py``) and keeps why (``choice``,
+for ``stats()``). A sync caller blocks for that lookup as it blocks for its call; an async caller
+awaits it, never blocking its own loop.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from langchain_qwen_fast._dispatch.dispatcher import DispatchConfig, Dispatcher
 from langchain_qwen_fast._engines import Limits, make_engine
-from langchain_qwen_fast._errors import ClientClosedError
+from langchain_qwen_fast._errors import ClientClosedError, model_not_chosen
 from langchain_qwen_fast._loop.runtime import Runtime, get_runtime
+from langchain_qwen_fast._served import Choice
 from langchain_qwen_fast._upstream.probe import HealthProbe
 from langchain_qwen_fast._upstream.replicas import HealthPolicy, ReplicaSet, RoutingPolicy
 from langchain_qwen_fast._upstream.transport import RetryPolicy, Transport
@@ -62,6 +69,27 @@ class DispatcherHandle:
         self._hold: _Hold | None = None
         self._closed = False
         self._lock = threading.Lock()
+        self.choice: Choice | None = None  # how the name of a model nobody named was chosen
+
+    # -- the model name ---------------------------------------------------------------------
+    def decide_model(self, settings: Any, default: str, headers: Callable[[], Mapping[str, str]]) -> tuple[str, bool]:
+        """``(name, settled)`` for a model nobody named; blocks the calling thread for the lookup. Not settled:
+        a replica did not answer, so the next call asks again."""
+        rt, disp = self.get(settings)
+        return self._keep(*rt.run(disp.transport.models.choose(default, headers())))
+
+    async def adecide_model(self, settings: Any, default: str, headers: Callable[[], Mapping[str, str]]
+                            ) -> tuple[str, bool]:
+        """As :meth:`decide_model`, awaited: on the runtime loop directly, from another loop through it."""
+        rt, disp = self.get(settings)
+        lookup = disp.transport.models.choose(default, headers())
+        return self._keep(*await (lookup if rt.in_loop_thread() else rt.run_async(lookup)))
+
+    def _keep(self, choice: Choice, settled: bool) -> tuple[str, bool]:
+        self.choice = choice
+        if choice.name is None:
+            raise model_not_chosen(choice.detail)
+        return choice.name, settled
 
     def get(self, settings: Any) -> tuple[Runtime, Dispatcher]:
         """The runtime and dispatcher; ``settings`` is a zero-argument callable that builds

@@ -24,6 +24,7 @@ import orjson
 from langchain_qwen_fast._engines import HttpEngine, RawResponse, StreamHandle
 from langchain_qwen_fast._errors import (
     APIConnectionError,
+    NotFoundError,
     connection_error,
     deadline_error,
     from_status,
@@ -31,6 +32,7 @@ from langchain_qwen_fast._errors import (
     is_retryable,
     server_message,
 )
+from langchain_qwen_fast._upstream.models import ServedModels
 from langchain_qwen_fast._upstream.replicas import Lease, Replica, ReplicaSet
 from langchain_qwen_fast._upstream.retry import Attempt, RetryPolicy, describe, plan
 from langchain_qwen_fast._upstream.sse import DONE, sse_event
@@ -71,6 +73,7 @@ class Transport:
         self.replicas = replicas
         self.engine = engine
         self.retry = retry
+        self.models = ServedModels(replicas, engine)  # model lookups: a 404's served list, a default's choice
 
     # -- one attempt ---------------------------------------------------------------------
     @staticmethod
@@ -132,7 +135,11 @@ class Transport:
         def send(ep: Replica, retry: bool) -> Awaitable[Any]:
             return self._attempt(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        return await self._with_retries(send, deadline, lease.replica)
+        try:
+            return await self._with_retries(send, deadline, lease.replica)
+        except NotFoundError as e:  # "The model `X` does not exist": say what is served instead
+            await self.models.explain(e, payload.get("model"), headers)
+            raise
 
     # -- retries -------------------------------------------------------------------------
     async def _with_retries(self, send: _Send[T], deadline: float, first: Replica) -> T:
@@ -215,7 +222,11 @@ class Transport:
         def send(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
             return self._open(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        ep, handle = await self._with_retries(send, deadline, lease.replica)
+        try:
+            ep, handle = await self._with_retries(send, deadline, lease.replica)
+        except NotFoundError as e:
+            await self.models.explain(e, payload.get("model"), headers)
+            raise
         url = ep.base + path
         ep.outstanding += 1
         t0, done, events = time.monotonic(), False, 0
@@ -244,6 +255,7 @@ class Transport:
             await handle.close()
 
     async def aclose(self) -> None:
+        await self.models.aclose()
         await self.replicas.aclose()
         await self.engine.aclose()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from langchain_qwen_fast.bench import report
 from langchain_qwen_fast.bench import run as runner
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter, plain
 
 DEFAULT_OUT = "qwen-fast-bench"
 
@@ -33,8 +34,8 @@ DEFAULT_OUT = "qwen-fast-bench"
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="qwen-fast bench",
-        description=__doc__.split("\n")[0].replace("``", ""),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=plain(__doc__.split("\n")[0]),
+        formatter_class=DefaultsHelpFormatter,
         epilog="other plans: qwen-fast bench replicas --help (engines per GPU, raw ceiling over each), "
         "qwen-fast bench fairness --help (an interactive caller beside a bulk batch), "
         "qwen-fast bench client-cpu --help (client CPU per request, before/after trees in one run)",

@@ -25,6 +25,7 @@ from typing import Any
 
 from langchain_qwen_fast.bench import scenarios as S
 from langchain_qwen_fast.bench.report import median_range
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter, plain
 
 
 def _bulk(model: Any, how: str, prompts: list[str]) -> None:
@@ -105,15 +106,15 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="qwen-fast bench fairness",
-                                 description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 description=plain(__doc__.split("\n")[0]),
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--base-url", default=None, help="the server; default: a simulated one")
     ap.add_argument("--max-tokens", default="32,128", help="answer lengths, comma-separated")
     ap.add_argument("--n", type=int, default=6000, help="bulk batch size")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds")
     ap.add_argument("--headroom", default="0,16", help="interactive_headroom values to compare")
     ap.add_argument("--no-openai", action="store_true", help="skip the ChatOpenAI rows")
-    ap.add_argument("--model", default="Qwen-0.6B", help="served model name")
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B", help="served model name")
     ap.add_argument("--out", default="qwen-fast-bench", help="folder for the JSON lines and the table")
     a = ap.parse_args(argv)
     folder = Path(a.out)

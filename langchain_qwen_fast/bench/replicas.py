@@ -32,6 +32,7 @@ from typing import Any
 
 from langchain_qwen_fast.bench import scenarios as S
 from langchain_qwen_fast.bench.report import median_range
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter, plain
 
 
 def raw_scenario(urls: list[str], w: S.Workload, per_server: int = 16, batch: int = 32) -> dict[str, Any]:
@@ -170,14 +171,14 @@ def ratios(rows: list[dict[str, Any]]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="qwen-fast bench replicas",
-                                 description=__doc__.split("\n")[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 description=plain(__doc__.split("\n")[0]),
+                                 formatter_class=DefaultsHelpFormatter)
     ap.add_argument("--servers", default="1,3", help="engine counts to compare, comma-separated")
     ap.add_argument("--base-url", action="append", default=[], help="an engine (repeat); default: simulated engines")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     ap.add_argument("--n", type=int, default=3000, help="requests per run")
     ap.add_argument("--max-tokens", type=int, default=32, help="tokens per answer (ignore_eos)")
-    ap.add_argument("--model", default="Qwen-0.6B", help="served model name")
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B", help="served model name")
     ap.add_argument("--out", default="qwen-fast-bench", help="folder for the JSON lines and the table")
     ap.add_argument("--variants", default=None, help="engine counts that also run the shared-limit and affinity rows")
     ap.add_argument("--openai", action="store_true", help="add ChatOpenAI's default .batch against the first engine")

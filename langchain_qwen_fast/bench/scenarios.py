@@ -132,7 +132,7 @@ class LatencyRecorder(BaseCallbackHandler):
 @dataclass
 class Workload:
     base_url: str
-    model: str = "Qwen-0.6B"
+    model: str = "Qwen/Qwen3-0.6B"
     max_tokens: int = 128
     n: int = 1000
     temperature: float = 0.5

@@ -22,6 +22,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 
 from langchain_qwen_fast.bench.scenarios import QUESTIONS, LatencyRecorder, cpu_seconds, percentiles
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter, plain
 
 
 class _Tick(BaseCallbackHandler):
@@ -122,13 +123,13 @@ def _table(rows: list[dict[str, Any]], n: int, where: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="qwen-fast demo",
-        description=__doc__.split("\n")[0].replace("``", ""),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=plain(__doc__.split("\n")[0]),
+        formatter_class=DefaultsHelpFormatter,
     )
     ap.add_argument(
         "--base-url", metavar="URL", default=None, help="a real OpenAI-compatible server; none: start the simulator"
     )
-    ap.add_argument("--model", default="Qwen-0.6B", help="the served model name")
+    ap.add_argument("--model", default="Qwen/Qwen3-0.6B", help="the served model name")
     ap.add_argument("--api-key", default="EMPTY", help="the server's API key")
     ap.add_argument("--n", type=int, default=400, help="questions per client")
     ap.add_argument("--max-tokens", type=int, default=128, help="tokens per answer")

@@ -4,8 +4,10 @@
         --base-url http://gpu1:8000/v1,http://gpu2:8000/v1 --max-tokens 256
 
 The api key is read from ``QWEN_API_KEY`` or ``OPENAI_API_KEY`` (never from the command line, which
-other users can see). SIGTERM or SIGINT stops reading, answers what is held (``--drain``) and exits 0;
-jobs still unanswered stay pending and another worker takes them over after ``--claim-idle``.
+other users can see). /health and /metrics answer at once (``WORKER_HTTP`` on stdout); jobs are read
+only once the replicas serve the model (``cli/readiness.py``; ``WORKER_READY`` on stdout), until then
+/health is 503 with the reason. SIGTERM or SIGINT stops reading, answers what is held (``--drain``)
+and exits 0; jobs still unanswered stay pending and another worker takes them over after ``--claim-idle``.
 """
 
 from __future__ import annotations
@@ -15,11 +17,20 @@ import asyncio
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._urls import redact_url
+from langchain_qwen_fast.cli.help import RawDefaultsHelpFormatter
+from langchain_qwen_fast.cli.readiness import Readiness
+
+DESCRIPTION = """Answer jobs from a Redis stream with BatchedChatQwen; serve /health and /metrics.
+
+  qwen-fast worker --redis redis://localhost:6379/0 --stream jobs --group qwen \\
+      --base-url http://gpu1:8000/v1,http://gpu2:8000/v1 --max-tokens 256
+
+The api key comes from QWEN_API_KEY or OPENAI_API_KEY, never from the command line. Jobs are read once
+every replica that answers serves the model; until then /health answers 503 with the reason."""
 
 
 def _urls(values: list[str]) -> list[str]:
@@ -27,19 +38,21 @@ def _urls(values: list[str]) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="qwen-fast worker", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="qwen-fast worker", description=DESCRIPTION,
+                                 formatter_class=RawDefaultsHelpFormatter)
     ap.add_argument("--redis", required=True, help="redis://[:password@]host:port/db or unix:///path/redis.sock")
     ap.add_argument("--stream", required=True, help="the job stream (its name prefixes results, replies, dead letters)")
     ap.add_argument("--group", required=True, help="consumer group shared by the workers of one pool")
     ap.add_argument("--consumer", default=None, help="this worker's name in the group (default: host-pid-random)")
     ap.add_argument("--base-url", action="append", required=True,
                     help="server URL ending in /v1; repeat it or separate with commas for replicas")
-    ap.add_argument("--model", default=None, help="served model name (default: QWEN_MODEL or Qwen/Qwen3-0.6B)")
-    ap.add_argument("--max-tokens", type=int, default=None, help="default max_tokens for jobs that set none")
+    ap.add_argument("--model", default=None, help="served model name (default: QWEN_MODEL, else the one model the "
+                    "replicas serve, else Qwen/Qwen3-0.6B)")
+    ap.add_argument("--max-tokens", type=int, default=None, help="max_tokens for jobs that set none (default: none)")
     ap.add_argument("--max-concurrency", type=int, default=512, help="the model's admission limit (sequences)")
     ap.add_argument("--max-in-flight", type=int, default=None,
                     help="jobs held at once (default: the model's admission capacity)")
-    ap.add_argument("--timeout", type=float, default=None, help="per-call deadline in seconds")
+    ap.add_argument("--timeout", type=float, default=None, help="per-call deadline in seconds (default: 600)")
     ap.add_argument("--max-retries", type=int, default=2, help="retries per model call before an error result")
     ap.add_argument("--claim-idle", type=float, default=60.0,
                     help="seconds a job may sit with a silent worker before another takes it over")
@@ -52,42 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--http-host", default="127.0.0.1", help="address for /health and /metrics (0.0.0.0 to scrape "
                     "from elsewhere)")
     ap.add_argument("--http-port", type=int, default=9464, help="port for /health and /metrics (0: any free port)")
-    ap.add_argument("--log-level", default="WARNING")
+    ap.add_argument("--log-level", default="WARNING",
+                    help="DEBUG, INFO, WARNING or ERROR; WARNING shows readiness and each new kind of job failure")
     return ap
-
-
-class _Health:
-    """/health: ready when Redis answers PING and at least one replica answers GET /models (cached 1 s)."""
-
-    def __init__(self, worker: Any, urls: list[str], headers: dict[str, str]) -> None:
-        self.worker, self.urls, self.headers = worker, urls, headers
-        self._at = 0.0
-        self._last: tuple[bool, dict[str, bool]] = (False, {})
-        self._session: Any = None
-
-    async def check(self) -> tuple[bool, dict[str, bool]]:
-        import aiohttp
-
-        if time.monotonic() - self._at < 1.0:
-            return self._last
-        if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0), trust_env=False)
-
-        async def probe(url: str) -> bool:
-            try:
-                async with self._session.get(url.rstrip("/") + "/models", headers=self.headers) as r:
-                    return r.status == 200
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-                return False
-
-        broker, *replicas = await asyncio.gather(self.worker.healthy(), *(probe(u) for u in self.urls))
-        detail = {"redis": broker, **{redact_url(u): ok for u, ok in zip(self.urls, replicas, strict=True)}}
-        self._at, self._last = time.monotonic(), (broker and any(replicas), detail)
-        return self._last
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -120,7 +100,7 @@ async def _serve(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     registry.register(QwenStatsCollector(model))
     registry.register(WorkerCollector(worker))
-    health = _Health(worker, model.base_urls, model._headers())  # the model's own servers and request headers
+    health = Readiness(worker, model, model._headers())  # the model's own servers and request headers
 
     async def get_health(_: web.Request) -> web.Response:
         ready, detail = await health.check()
@@ -143,10 +123,13 @@ async def _serve(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"WORKER_READY consumer={config.consumer} capacity={worker.capacity} "
-          f"http=http://{args.http_host}:{port} redis={redact_url(args.redis)}", flush=True)
+    http = f"http://{args.http_host}:{port}"
+    print(f"WORKER_HTTP http={http}", flush=True)
     try:
-        await worker.run(stop)
+        if await health.wait(stop):
+            print(f"WORKER_READY consumer={config.consumer} capacity={worker.capacity} "
+                  f"http={http} redis={redact_url(args.redis)}", flush=True)
+            await worker.run(stop)
     finally:
         await health.close()
         await runner.cleanup()

@@ -19,11 +19,12 @@ from urllib.parse import urlsplit
 import httpx
 
 from langchain_qwen_fast._qwen import EMPTY_THINK, render_chatml
-from langchain_qwen_fast._urls import redact_url, server_root
+from langchain_qwen_fast._served import DEFAULT_MODEL, choose, fix, is_named
+from langchain_qwen_fast._urls import base_url_candidates, endpoint_suffix, origin, redact_url, server_root
 
 from . import features
 from . import probes as p
-from .report import CHECKS, FAIL, OK, SKIPPED, WARN, Report, scrub
+from .report import CHECKS, FAIL, INFO, OK, SKIPPED, WARN, Report, scrub
 from .session import Session
 
 
@@ -45,7 +46,12 @@ def reachable(s: Session) -> bool:
               "use e.g. base_url=\"http://HOST:8000/v1\"", t0)
         return False
     try:
-        r = s.http.get(s.root + "/health")
+        root = s.root
+        r = s.http.get(root + "/health")
+        if r.status_code == 404 and origin(s.base) != root:  # a base_url under a wrong prefix (/api/v1)
+            alt = s.http.get(origin(s.base) + "/health")
+            if alt.status_code < 400:
+                root, r = origin(s.base), alt
     except httpx.ConnectError as e:
         if parts.scheme == "https" and p.is_tls_failure(e):
             return _tls_failed(s, host, e, t0)
@@ -61,16 +67,18 @@ def reachable(s: Session) -> bool:
         return _not_http(s, host, port, parts.scheme, e, t0)
     version = ""
     try:
-        v = s.http.get(s.root + "/version")
+        v = s.http.get(root + "/version")
         if v.status_code == 200 and p.as_json(v).get("version"):
             version = f"; server version {p.as_json(v)['version']}"
+            s.simulated = p.as_json(v).get("simulator") is True
     except httpx.HTTPError:
         pass
+    where = "" if root == s.root else f" at {redact_url(root)}"
     if r.status_code >= 500:
-        s.add("reachable", WARN, f"{host} answers, but /health is {r.status_code}{version}",
+        s.add("reachable", WARN, f"{host} answers, but /health{where} is {r.status_code}{version}",
               "read the server log: the engine may be dead or still loading", t0)
     else:
-        s.add("reachable", OK, f"{host} answers; /health {r.status_code}{version}", None, t0)
+        s.add("reachable", OK, f"{host} answers; /health{where} {r.status_code}{version}", None, t0)
     return True
 
 
@@ -127,7 +135,8 @@ def v1_prefix(s: Session) -> list[str] | None:
         else:
             s.add("base_url", OK, f"{s.shown}/models lists the served models", None, t0)
         return ids
-    for candidate in p.v1_candidates(s.base):
+    tried = base_url_candidates(s.base)
+    for candidate in tried:
         try:
             alt = p.model_ids(s.http.get(candidate + "/models"))
         except httpx.HTTPError:
@@ -136,14 +145,23 @@ def v1_prefix(s: Session) -> list[str] | None:
             also = f"; and {s.scheme_problem}" if s.scheme_problem else ""
             shown = redact_url(candidate)
             s.add("base_url", FAIL, f"{s.shown}/models is {r.status_code}, but "
-                  f"{shown}/models answers: the /v1 prefix is missing{also}",
+                  f"{shown}/models answers: {_prefix_problem(s.base, candidate)}{also}",
                   f'use base_url="{shown}"', t0)
             s.base = candidate
             return alt
-    s.add("base_url", FAIL, f"{s.shown}/models is {r.status_code}, and no /v1 variant "
-          "answers", "point base_url at the OpenAI-compatible prefix, e.g. "
-          "http://HOST:8000/v1", t0)
+    s.add("base_url", FAIL, f"{s.shown}/models is {r.status_code}, and so is every likely "
+          f"prefix ({', '.join(redact_url(c) + '/models' for c in tried)})",
+          "point base_url at the OpenAI-compatible prefix, e.g. http://HOST:8000/v1", t0)
     return None
+
+
+def _prefix_problem(base: str, found: str) -> str:
+    """Why ``base`` was not the API's prefix, in the words of its shape (``found`` answered)."""
+    if (suffix := endpoint_suffix(base)) is not None:
+        return f"base_url ends with the endpoint {suffix}, but it is the prefix the endpoints live under"
+    if found == base.rstrip("/") + "/v1":
+        return "the /v1 prefix is missing"
+    return f"the API is under {urlsplit(found).path}, not {urlsplit(base).path.rstrip('/') or '/'}"
 
 
 def served_model(s: Session, ids: list[str]) -> None:
@@ -156,6 +174,8 @@ def served_model(s: Session, ids: list[str]) -> None:
     if s.model is None:
         s.add("model", OK, f"serves {served}; no model given, so the checks use {ids[0]}",
               None, t0)
+    elif not is_named(s.model):
+        return _unnamed_model(s, ids, t0)
     elif s.model in ids:
         s.add("model", OK, f"serves {served}; '{s.model}' matches", None, t0)
     else:
@@ -168,6 +188,27 @@ def served_model(s: Session, ids: list[str]) -> None:
     if s.model not in ids:
         s.model = ids[0]
     s.report.checked_model = s.model  # the later checks use what is served
+
+
+def _unnamed_model(s: Session, ids: list[str], t0: float) -> None:
+    """No --model and no QWEN_MODEL: the check applies BatchedChatQwen's own rule (``_served.choose``)."""
+    served = ", ".join(ids)
+    choice = choose(s.model or DEFAULT_MODEL, {s.shown: ids})
+    if choice.name is None:
+        s.add("model", FAIL, f"no model named (--model, QWEN_MODEL) and the default {s.model} is not "
+              f"served; the server serves {served}, so BatchedChatQwen cannot pick one",
+              f"name one: {fix(ids[0])} (qwen-fast doctor --model {ids[0]})", t0)
+        s.report.model_note = f"model: none named and {s.model} is not served; the checks below use {ids[0]}"
+        s.model = ids[0]
+    elif choice.how == "discovered":
+        s.add("model", OK, f"serves {served}; no model named (--model, QWEN_MODEL), so "
+              f"BatchedChatQwen uses {choice.name}, the one model served", None, t0)
+        s.report.model_note = f"model: none named; BatchedChatQwen uses {choice.name}, the one model served"
+        s.model = choice.name
+    else:
+        s.add("model", OK, f"serves {served}; no model named, so BatchedChatQwen uses the default "
+              f"{choice.name}", None, t0)
+    s.report.checked_model = s.model
 
 
 # -- the template ---------------------------------------------------------------------------
@@ -200,6 +241,9 @@ def _thinking_by_behaviour(s: Session, t0: float) -> None:
     elif p.reasoning(msg) or "think>" in (msg.get("content") or ""):
         s.add("thinking_switch", FAIL, "no /tokenize; a chat with enable_thinking=false "
               "still reasoned", p.FIX_TEMPLATE, t0)
+    elif s.simulated:
+        s.add("thinking_switch", INFO, "the simulator has no /tokenize; a chat with "
+              "enable_thinking=false came back without reasoning", None, t0)
     else:
         s.add("thinking_switch", WARN, f"no /tokenize at {redact_url(s.root)} to inspect "
               "the template; a chat with enable_thinking=false came back without reasoning",
@@ -251,6 +295,10 @@ def _template_by_usage(s: Session, t0: float) -> None:
     elif chat != comp:
         s.add("template", FAIL, f"render_chatml gives {comp} prompt tokens, the server's "
               f"template {chat} (no /tokenize for an exact check)", p.FIX_WIRE, t0)
+    elif s.simulated:
+        s.add("template", INFO, "the simulator has no /tokenize for a token-for-token check; "
+              f"prompt token counts agree ({chat} via chat and via render_chatml on /completions)",
+              None, t0)
     else:
         s.add("template", WARN, "no /tokenize for a token-for-token check; prompt token "
               f"counts agree ({chat} via chat and via render_chatml on /completions)",

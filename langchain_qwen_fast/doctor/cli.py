@@ -9,6 +9,7 @@ import os
 import sys
 
 from langchain_qwen_fast._urls import redact_url
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter
 
 from .replicas import diagnose, split_urls
 
@@ -23,7 +24,7 @@ def model_defaults() -> tuple[str | list[str], str, str | None]:
     model = f["model_name"].default_factory()  # type: ignore[call-arg,misc]
     key = f["api_key"].default_factory()  # type: ignore[call-arg,misc]
     base = [str(u) for u in base] if isinstance(base, (list, tuple)) else str(base)
-    return base, str(model), (key.get_secret_value() if key is not None else None)
+    return base, model, (key.get_secret_value() if key is not None else None)  # model may be a DefaultName
 
 
 def model_source(given: str | None) -> str:
@@ -40,8 +41,9 @@ def main(argv: list[str]) -> int:
     shown = ",".join(redact_url(u) for u in split_urls(base))
     ap = argparse.ArgumentParser(
         prog="qwen-fast doctor",
+        formatter_class=DefaultsHelpFormatter,
         description="Check vLLM/SGLang servers for BatchedChatQwen. Each check says ok, warn, "
-        "fail or skipped, what it found, and the flag or URL that fixes it; with several "
+        "fail, skipped or info, what it found, and the flag or URL that fixes it; with several "
         "replicas, each is checked and so is whether they serve the same models and template. "
         "Exit code 1 when a check fails.")
     ap.add_argument("--base-url", action="append", metavar="URL[,URL...]",

@@ -10,7 +10,7 @@ import httpx
 from langchain_qwen_fast._qwen import render_chatml
 
 from . import probes as p
-from .report import FAIL, OK, WARN
+from .report import FAIL, INFO, OK, WARN
 from .session import Session
 
 
@@ -143,6 +143,10 @@ def priority_scheduling(s: Session) -> None:
     if policy == "priority":
         s.add("priority_scheduling", OK, "the server schedules by priority; set "
               "`server_priority=True` to pass BatchedChatQwen's priority on", None, t0)
+    elif policy is not None and s.simulated:
+        s.add("priority_scheduling", INFO, f"the simulator runs {policy!r} (vLLM's default): it "
+              "takes priority=-1 and ignores it, and the client's queue applies priorities "
+              "(--scheduling-policy priority simulates vLLM's priority policy)", None, t0)
     elif policy is not None:
         s.add("priority_scheduling", WARN, f"FCFS (scheduling policy {policy!r}, from "
               "/server_info): the server takes priority=-1 and ignores it; priorities "

@@ -12,7 +12,6 @@ import json
 import socket
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -69,16 +68,6 @@ def model_ids(r: httpx.Response) -> list[str] | None:
     if not isinstance(data, list):
         return None
     return [str(m.get("id")) for m in data if isinstance(m, dict)]
-
-
-def v1_candidates(base: str) -> list[str]:
-    """Where the OpenAI prefix probably is: cut after a ``/v1`` segment, or append one."""
-    parts = urlsplit(base)
-    segs = parts.path.split("/")
-    if "v1" not in segs:
-        return [base + "/v1"]
-    cut = f"{parts.scheme}://{parts.netloc}{'/'.join(segs[: segs.index('v1') + 1])}"
-    return [cut] if cut != base else []
 
 
 def message(r: httpx.Response) -> dict[str, Any] | None:

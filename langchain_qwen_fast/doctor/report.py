@@ -11,12 +11,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-OK, WARN, FAIL, SKIPPED = "ok", "warn", "fail", "skipped"
-STATUSES = (OK, WARN, FAIL, SKIPPED)
+OK, WARN, FAIL, SKIPPED, INFO = "ok", "warn", "fail", "skipped", "info"
+#: ``info``: shown, never a problem: what a simulated server lacks by design (no /tokenize, ...).
+STATUSES = (OK, WARN, FAIL, SKIPPED, INFO)
 CHECKS = ("reachable", "base_url", "model", "thinking_switch", "template", "reasoning_parser",
           "tools", "json_schema", "completions_list", "priority_scheduling")
 ACROSS = ("same_models", "same_template")
-_PAINT = {OK: "32", WARN: "33", FAIL: "31", SKIPPED: "2"}
+_PAINT = {OK: "32", WARN: "33", FAIL: "31", SKIPPED: "2", INFO: "36"}
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Report:
     served_models: list[str] | None = None
     checks: list[Check] = field(default_factory=list)
     fingerprint: Fingerprint = field(default_factory=Fingerprint)
+    #: The model line's words when no model was named and the rule decided (``checks._unnamed_model``).
+    model_note: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -75,6 +78,8 @@ class Report:
         return url
 
     def model_line(self) -> str:
+        if self.model_note:
+            return self.model_note
         if self.model is None and self.checked_model:
             return f"model: none given; the checks use {self.checked_model}"
         if self.checked_model and self.checked_model != self.model:

@@ -35,6 +35,9 @@ class Session:
         self.report = Report(redact_url(base_url), redact_url(self.base), model)
         self.tokenize_works = False
         self.scheme_problem: str | None = None
+        #: A server that says it is the project's simulator (``/version``): what it lacks by design is
+        #: ``info``, not a warning (a real vLLM's same finding stays a warning).
+        self.simulated = False
 
     @property
     def root(self) -> str:

@@ -1,8 +1,8 @@
 """A simulated Qwen3-0.6B OpenAI-compatible server (vLLM 0.24 JSON shapes), one process on loopback.
 
     python -m langchain_qwen_fast.testing.server --port 8000 [--latency h100|zero] [--seed 0]
-        [--max-model-len 2048] [--reasoning-field reasoning|reasoning_content]
-        [--model-name Qwen-0.6B] [--fault SPEC ...] [--speed 1.0] [--step-a S] [--step-b S]
+        [--max-model-len 2048] [--reasoning-field reasoning|reasoning_content] [--api-key KEY]
+        [--model-name Qwen/Qwen3-0.6B [ALIAS ...]] [--fault SPEC ...] [--speed 1.0] [--step-a S] [--step-b S]
         [--prefill-per-token S] [--fe-per-request S] [--fe-per-prompt S] [--fe-per-token S]
         [--max-num-seqs N] [--scheduling-policy fcfs|priority]
 
@@ -50,6 +50,8 @@ from .responses import (
 from .sim_engine import SimConfig, SimEngine, build_parser
 
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+_GUARDED = ("/v1", "/v2", "/inference", "/cohere")  # what vLLM's --api-key guards
+SIM_VERSION = "0.24.0 (simulated by langchain_qwen_fast.testing)"
 _LEN_MSG = (
     "This model's maximum context length is {L} tokens. However, you requested {N} tokens "
     "({P} in the messages, {M} in the completion). "
@@ -77,6 +79,7 @@ class SimApp:
         self.inflight = self.inflight_prompts = 0
         self.routes: dict[tuple[str, str], Handler] = {
             ("GET", "/health"): self.health, ("GET", "/v1/models"): self.models,
+            ("GET", "/version"): self.version,
             ("POST", "/v1/chat/completions"): self.chat,
             ("POST", "/v1/completions"): self.completions,
             ("GET", "/server_info"): self.server_info,
@@ -90,9 +93,10 @@ class SimApp:
                 "allow_search_indices": False, "allow_view": True, "allow_fine_tuning": False,
                 "organization": "*", "group": None, "is_blocking": False}
         self._models = orjson.dumps({"object": "list", "data": [{
-            "id": cfg.model_name, "object": "model", "created": created, "owned_by": "vllm",
+            "id": name, "object": "model", "created": created, "owned_by": "vllm",
             "root": cfg.model_name, "parent": None, "max_model_len": cfg.max_model_len,
-            "permission": [perm]}]})
+            "permission": [perm]} for name in cfg.served_names]})
+        self._auth = None if cfg.api_key is None else f"bearer {cfg.api_key}"
         self.reset_counters()
 
     # ------------------------------------------------------------------------------------ plumbing
@@ -106,6 +110,9 @@ class SimApp:
             self.engine.reset_counters()
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if self._auth is not None and request.path.startswith(_GUARDED) and not self._authorized(request):
+            # vLLM's --api-key middleware: the same prefixes, status and body (vllm/entrypoints/serve/middleware)
+            return web.Response(status=401, body=b'{"error":"Unauthorized"}', content_type="application/json")
         route = self.routes.get((request.method, request.path))
         if route is None:
             known = request.path in self.paths
@@ -113,6 +120,10 @@ class SimApp:
             return web.Response(status=status, body=orjson.dumps({"detail": detail}),
                                 content_type="application/json")
         return await route(request)
+
+    def _authorized(self, request: web.BaseRequest) -> bool:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        return f"{scheme.lower()} {token}" == self._auth
 
     async def _api(self, request: web.BaseRequest, endpoint: str, fn: Any) -> web.StreamResponse:
         """Count the request, parse its body, map BadRequest to vLLM's error shape."""
@@ -127,7 +138,7 @@ class SimApp:
             if not isinstance(body, dict):
                 raise BadRequest("The request body must be a JSON object")
             model = body.get("model")
-            if model is not None and model != self.cfg.model_name:
+            if model is not None and model not in self.cfg.served_names:
                 raise BadRequest(f"The model `{model}` does not exist.", 404)
             return await fn(request, body)
         except BadRequest as exc:
@@ -187,6 +198,11 @@ class SimApp:
     async def models(self, request: web.BaseRequest) -> web.StreamResponse:
         self.requests["models"] = self.requests.get("models", 0) + 1
         return web.Response(body=self._models, content_type="application/json")
+
+    async def version(self, request: web.BaseRequest) -> web.StreamResponse:
+        """vLLM's ``/version``, plus the mark by which ``qwen-fast doctor`` tells a simulated server."""
+        return web.Response(body=orjson.dumps({"version": SIM_VERSION, "simulator": True}),
+                            content_type="application/json")
 
     async def server_info(self, request: web.BaseRequest) -> web.StreamResponse:
         """vLLM's dev-mode ``/server_info`` (``VLLM_SERVER_DEV_MODE=1``), cut to what says how

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from langchain_qwen_fast.cli.help import DefaultsHelpFormatter
+
 _MAX_LAG = 0.02
 
 
@@ -75,13 +77,19 @@ class SimConfig:
     ``scheduling_policy`` is vLLM's ``--scheduling-policy``: under ``"fcfs"`` a request's
     ``priority`` is accepted and ignored, as vLLM's V1 engine does; under ``"priority"`` waiting
     sequences are admitted lowest value first.
+
+    ``model_name`` is what ``vllm serve Qwen/Qwen3-0.6B`` serves; ``aliases`` are further names it
+    also answers to and lists, as vLLM's ``--served-model-name A B`` does (answers carry the first).
+    ``api_key`` is vLLM's ``--api-key``: ``/v1/*`` then answers 401 without ``Authorization: Bearer KEY``.
     """
 
     latency: str = "h100"
     seed: int = 0
     max_model_len: int = 2048
     reasoning_field: str = "reasoning"
-    model_name: str = "Qwen-0.6B"
+    model_name: str = "Qwen/Qwen3-0.6B"
+    aliases: tuple[str, ...] = ()
+    api_key: str | None = None
     faults: tuple[str, ...] = ()
     speed: float = 1.0
     step_a: float | None = None
@@ -107,6 +115,11 @@ class SimConfig:
             raise ValueError(f"scheduling_policy must be one of {POLICIES}, "
                              f"not {self.scheduling_policy!r}")
         object.__setattr__(self, "faults", tuple(self.faults))  # a list is fine to pass
+        object.__setattr__(self, "aliases", tuple(self.aliases))
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return (self.model_name, *(a for a in self.aliases if a != self.model_name))
 
     def latency_params(self) -> LatencyParams | None:
         """The effective model, or None for ``latency="zero"``."""
@@ -125,7 +138,7 @@ class SimConfig:
         argv = [
             "--latency", self.latency, "--seed", str(self.seed),
             "--max-model-len", str(self.max_model_len), "--reasoning-field", self.reasoning_field,
-            "--model-name", self.model_name, "--speed", repr(self.speed),
+            "--model-name", *self.served_names, "--speed", repr(self.speed),
             "--scheduling-policy", self.scheduling_policy,
         ]
         if not self.list_prompts:
@@ -136,34 +149,46 @@ class SimConfig:
                 argv += ["--" + f.name.replace("_", "-"), repr(value)]
         for spec in self.faults:
             argv += ["--fault", spec]
+        if self.api_key is not None:
+            argv += ["--api-key", self.api_key]
         return argv
 
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> SimConfig:
         """The inverse of ``to_argv`` (given ``build_parser().parse_args(...)``)."""
-        return cls(**{f.name: getattr(a, f.name) for f in fields(cls) if f.name not in ("faults", "list_prompts")},
-                   faults=tuple(a.fault), list_prompts=not a.refuse_list_prompts)
+        skip = ("faults", "model_name", "aliases", "list_prompts")
+        given = {f.name: getattr(a, f.name) for f in fields(cls) if f.name not in skip}
+        return cls(**given, faults=tuple(a.fault), model_name=a.model_name[0], aliases=tuple(a.model_name[1:]),
+                   list_prompts=not a.refuse_list_prompts)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The server's command line; kept beside ``SimConfig.to_argv`` so the two cannot drift."""
     p = argparse.ArgumentParser(prog="python -m langchain_qwen_fast.testing.server",
-                                description="Simulated Qwen3-0.6B OpenAI-compatible server.")
-    p.add_argument("--host", default="127.0.0.1")
+                                description="Simulated Qwen3-0.6B OpenAI-compatible server.",
+                                formatter_class=DefaultsHelpFormatter)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind")
     p.add_argument("--port", type=int, default=8000, help="0 picks a free port (printed on stdout)")
-    p.add_argument("--latency", choices=sorted(PRESETS), default="h100")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--latency", choices=sorted(PRESETS), default="h100",
+                   help="h100: the fitted vLLM latency model; zero: answer at once")
+    p.add_argument("--seed", type=int, default=0, help="seeds answers and fault rates")
+    p.add_argument("--max-model-len", type=int, default=2048, help="context length; longer prompts get 400")
     p.add_argument("--reasoning-field", choices=["reasoning", "reasoning_content"],
-                   default="reasoning")
-    p.add_argument("--model-name", default="Qwen-0.6B")
+                   default="reasoning", help="where reasoning comes back (vLLM 0.24: reasoning)")
+    p.add_argument("--model-name", nargs="+", default=["Qwen/Qwen3-0.6B"], metavar="NAME",
+                   help="served names, as vLLM's --served-model-name: answers carry the first, all are "
+                   "listed and accepted (e.g. --model-name Qwen/Qwen3-0.6B Qwen-0.6B)")
+    p.add_argument("--api-key", default=None,
+                   help="as vLLM's --api-key: /v1/* answers 401 without 'Authorization: Bearer KEY' (default: none)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="server-wide fault, repeatable: KIND[=V][:OPT=V...][@RATE][#COUNT]")
     p.add_argument("--speed", type=float, default=1.0, help="divide every modelled time by this")
     for name in ("step-a", "step-b", "prefill-per-token", "fe-per-request", "fe-per-prompt",
                  "fe-per-token"):
-        p.add_argument(f"--{name}", type=float, default=None, metavar="SECONDS")
-    p.add_argument("--max-num-seqs", type=int, default=None)
+        p.add_argument(f"--{name}", type=float, default=None, metavar="SECONDS",
+                       help="override the latency preset's value (docs/simulator.md)")
+    p.add_argument("--max-num-seqs", type=int, default=None, help="sequences the engine runs at once "
+                   "(default: the preset's, 1024)")
     p.add_argument("--scheduling-policy", choices=POLICIES, default="fcfs",
                    help="fcfs (vLLM's default: a request's priority is ignored) or priority "
                    "(lowest value admitted first)")

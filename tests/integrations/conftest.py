@@ -28,13 +28,17 @@ def start_worker() -> Iterator[Callable[..., WorkerProcess]]:
     made: list[ChildProcess] = []
 
     def start(redis_url: str, base_urls: list[str], *extra: str, stream: str = "jobs",
-              group: str = "qwen") -> WorkerProcess:
+              group: str = "qwen", model: str | None = SIM_MODEL, ready: str = "WORKER_READY",
+              env: dict[str, str] | None = None) -> WorkerProcess:
+        """``ready``: the stdout line to wait for (``WORKER_HTTP``: /health is up, the worker may not be ready);
+        ``model=None`` passes no ``--model``."""
+        named = ["--model", model] if model is not None else []
         argv = [sys.executable, "-m", "langchain_qwen_fast.cli", "worker", "--redis", redis_url,
-                "--stream", stream, "--group", group, "--base-url", ",".join(base_urls), "--model", SIM_MODEL,
+                "--stream", stream, "--group", group, "--base-url", ",".join(base_urls), *named,
                 "--max-tokens", "16", "--http-port", "0", "--log-level", "WARNING", *extra]
         holder: list[ChildProcess] = []
-        child = ChildProcess(argv, ready=lambda: "WORKER_READY" in holder[0].output(), name="qwen-fast worker",
-                             startup_timeout=60, die_with_parent=True)
+        child = ChildProcess(argv, ready=lambda: ready in holder[0].output(), name="qwen-fast worker",
+                             startup_timeout=60, die_with_parent=True, env=env)
         holder.append(child)
         made.append(child)
         child.start()

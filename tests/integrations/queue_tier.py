@@ -27,7 +27,7 @@ import pytest
 
 from langchain_qwen_fast._process import ChildProcess
 
-SIM_MODEL = "Qwen-0.6B"
+SIM_MODEL = "Qwen/Qwen3-0.6B"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -94,13 +94,23 @@ class RedisServer:
 
 
 class WorkerProcess:
-    """A ``qwen-fast worker`` child; ``http`` is its /health and /metrics address, read from its ready line."""
+    """A ``qwen-fast worker`` child; ``http`` is its /health and /metrics address (its ``WORKER_HTTP`` line);
+    ``consumer`` and ``capacity`` come from its ``WORKER_READY`` line, once it has printed one."""
 
     def __init__(self, child: ChildProcess) -> None:
         self.child = child
-        m = re.search(r"WORKER_READY consumer=(\S+) capacity=(\d+) http=(\S+)", child.output())
+        m = re.search(r"WORKER_HTTP http=(\S+)", child.output())
         assert m, child.output_tail()
-        self.consumer, self.capacity, self.http = m.group(1), int(m.group(2)), m.group(3)
+        self.http = m.group(1)
+        self.consumer, self.capacity = "", 0
+        self.read_ready()
+
+    def read_ready(self) -> bool:
+        """Whether the worker said it is ready (reading jobs); fills ``consumer`` and ``capacity`` when so."""
+        m = re.search(r"WORKER_READY consumer=(\S+) capacity=(\d+)", self.child.output())
+        if m:
+            self.consumer, self.capacity = m.group(1), int(m.group(2))
+        return m is not None
 
     def get(self, path: str) -> tuple[int, str]:
         try:

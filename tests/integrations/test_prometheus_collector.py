@@ -97,7 +97,7 @@ def sim() -> Iterator[SimServer]:
 
 def test_a_real_models_stats_are_scraped_with_credentials_redacted(sim: SimServer) -> None:
     url = sim.base_url.replace("http://", "http://user:s3cret@")
-    with BatchedChatQwen(base_url=url, model="Qwen-0.6B", max_tokens=8) as model:
+    with BatchedChatQwen(base_url=url, model="Qwen/Qwen3-0.6B", max_tokens=8) as model:
         model.batch([f"q {i}" for i in range(40)])
         reg = CollectorRegistry()
         reg.register(QwenStatsCollector(model))

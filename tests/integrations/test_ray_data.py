@@ -47,7 +47,7 @@ from langchain_qwen_fast.testing.responses import count_tokens  # noqa: E402
 
 pytestmark = [pytest.mark.ray, pytest.mark.sim,
               pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")]  # Ray's own DataContext fields
-MODEL = "Qwen-0.6B"
+MODEL = "Qwen/Qwen3-0.6B"
 
 
 # ------------------------------------------------------------------------------------ fixtures

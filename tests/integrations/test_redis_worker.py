@@ -167,7 +167,8 @@ async def test_worker_health_is_503_while_no_replica_answers(
 ) -> None:
     with SimServer(SimConfig(latency="zero")) as sim:
         url = sim.base_url
-    w = start_worker(redis_server.url, [url])  # the replica's port is closed now
+    w = start_worker(redis_server.url, [url], ready="WORKER_HTTP")  # the replica's port is closed now
     status, body = w.health()
     assert status == 503 and body["redis"] is True and body["ready"] is False
-    assert body[url] is False
+    assert body[url] is False and "GET /models failed" in body["reason"], body
+    assert not w.read_ready()  # it never said ready, so it reads no job

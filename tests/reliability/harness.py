@@ -32,7 +32,7 @@ from langchain_core.messages import BaseMessage
 
 from langchain_qwen_fast._errors import ClientClosedError
 
-SIM_MODEL = "Qwen-0.6B"  # the simulator's served name (any other model name is a 404)
+SIM_MODEL = "Qwen/Qwen3-0.6B"  # the simulator's served name (any other model name is a 404)
 _ANSWER = re.compile(r"^\[sim\] (item-\d{6})(?!\d)")
 #: What a caller may legitimately get instead of an answer: the package's errors (all
 #: ``langchain_core.exceptions.ModelError``), ``ClientClosedError``, and ``ValueError`` for input

@@ -146,7 +146,7 @@ def test_base_url_without_v1_is_a_404_naming_the_fix(zero: SimServer, make_model
     led.record_all(ids[1:], model.batch(prompts[1:], return_exceptions=True))
     led.check(max_answered=0, min_failed=4)
     msg = str(ei.value)
-    assert "no /v1 suffix" in msg and f"{zero.url}/v1" in msg, msg
+    assert f'nothing answers under {zero.url}' in msg and f'use base_url="{zero.url}/v1"' in msg, msg
 
 
 @pytest.mark.parametrize("wire", WIRES)

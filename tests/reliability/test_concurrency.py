@@ -223,7 +223,7 @@ _EXIT_SCRIPT = textwrap.dedent("""
     atexit.register(late_calls)
     from langchain_qwen_fast import BatchedChatQwen
 
-    model = BatchedChatQwen(base_url=base_url, model="Qwen-0.6B", max_tokens=64, wire_mode=wire)
+    model = BatchedChatQwen(base_url=base_url, model="Qwen/Qwen3-0.6B", max_tokens=64, wire_mode=wire)
     prompts = [f"item-{i:06d} pending at exit" for i in range(5000)]
     started = threading.Event()
 

@@ -1,7 +1,8 @@
 """Secrets and transport security: the api key never shows anywhere, TLS is verified by default,
-a key over plain http to another host is warned about, and prompt text is never logged.
+a key over plain http to another host is warned about, prompt text is never logged, and a proxy with basic
+auth in front of the server works from the URL's credentials.
 
-Covers: _urls.py, _errors.py, chat_models.py, _engines/aiohttp_engine.py."""
+Covers: _urls.py, _errors.py, chat_models.py, _calls/fields.py, _engines/aiohttp_engine.py."""
 
 from __future__ import annotations
 
@@ -323,3 +324,60 @@ def test_credentials_in_base_url_are_redacted_from_errors_and_logs(
     text = caplog.text + "\n".join(_everything_about(e) for e in errors)
     assert "***@127.0.0.1" in text  # the URL is still named, without its credentials
     assert password not in text
+
+
+class _BasicAuthProxy(BaseHTTPRequestHandler):
+    """A reverse proxy with basic auth in front of the server (what nginx's auth_basic does): 401 without the
+    right ``Authorization: Basic``, else the request forwarded as it came, minus that header."""
+
+    upstream = ""
+    expected = ""
+    seen: list[str] = []
+
+    def _forward(self) -> None:
+        got = self.headers.get("Authorization", "")
+        self.seen.append(got.split(" ")[0])
+        if got != self.expected:
+            body = b'{"error": "basic auth required"}'
+            self.send_response(401)
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            r = httpx.request(self.command, self.upstream + self.path, content=data, trust_env=False,
+                              headers={"Content-Type": "application/json"}, timeout=30)
+            body = r.content
+            self.send_response(r.status_code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _forward
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("wire", ["chat", "completions"])
+def test_a_proxy_with_basic_auth_works_from_the_url_and_a_stray_key_is_refused_up_front(
+    zero: SimServer, monkeypatch: pytest.MonkeyPatch, wire: str
+) -> None:
+    import base64
+
+    monkeypatch.delenv("QWEN_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)  # common in a user's environment, meant for another service
+    handler = type("Proxy", (_BasicAuthProxy,), {"upstream": zero.url, "seen": [],
+                                                 "expected": "Basic " + base64.b64encode(b"team:pw-91").decode()})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"http://team:pw-91@127.0.0.1:{proxy.server_address[1]}/v1"
+    try:
+        with pytest.raises(ValueError, match="environment variable OPENAI_API_KEY") as ei:
+            BatchedChatQwen(base_url=url, model=SIM_MODEL, max_tokens=8, wire_mode=wire)
+        assert KEY not in str(ei.value) and "pw-91" not in str(ei.value)
+        with BatchedChatQwen(base_url=url, model=SIM_MODEL, max_tokens=8, wire_mode=wire, api_key=None) as model:
+            answers = model.batch(["one", "two"])
+            assert [a.content.split()[:2] for a in answers] == [["[sim]", "one"], ["[sim]", "two"]]
+        assert handler.seen and set(handler.seen) == {"Basic"}  # the URL's user:password, as basic auth
+    finally:
+        proxy.shutdown()
+        proxy.server_close()

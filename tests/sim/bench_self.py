@@ -40,13 +40,13 @@ async def run(
     srv: SimServer, n: int, inflight: int, kind: str, max_tokens: int = 32
 ) -> dict[str, Any]:
     q = "What is quantum entanglement?"
-    chat = {"model": "Qwen-0.6B", "messages": [{"role": "user", "content": q}],
+    chat = {"model": "Qwen/Qwen3-0.6B", "messages": [{"role": "user", "content": q}],
             "max_tokens": max_tokens, "ignore_eos": True,
             "chat_template_kwargs": {"enable_thinking": False}}
     prompt = f"<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     size = 32 if kind == "list32" else 1
     if kind == "list32":
-        path, body = "/v1/completions", {"model": "Qwen-0.6B", "prompt": [prompt] * 32,
+        path, body = "/v1/completions", {"model": "Qwen/Qwen3-0.6B", "prompt": [prompt] * 32,
                                          "max_tokens": max_tokens, "ignore_eos": True}
     else:
         path, body = "/v1/chat/completions", dict(chat, stream=kind == "stream")

@@ -101,11 +101,11 @@ async def real_value(base: str, kind: str, inflight: int, size: int, mt: int, n:
         async def send(i: int) -> None:
             k = min(size, n - i * size)
             if size == 1:
-                body = {"model": "Qwen-0.6B", "messages": [{"role": "user", "content": q}],
+                body = {"model": "Qwen/Qwen3-0.6B", "messages": [{"role": "user", "content": q}],
                         "chat_template_kwargs": {"enable_thinking": False}, **extra}
                 path = "/v1/chat/completions"
             else:
-                body = {"model": "Qwen-0.6B", "prompt": [prompt] * k, **extra}
+                body = {"model": "Qwen/Qwen3-0.6B", "prompt": [prompt] * k, **extra}
                 path = "/v1/completions"
             async with s.post(path, json=body) as r:
                 d = await r.json()

@@ -86,14 +86,14 @@ def test_scheduling_policy_is_checked_and_round_trips_the_command_line() -> None
 
 
 def chat(priority: Any, **extra: Any) -> dict[str, Any]:
-    return {"model": "Qwen-0.6B", "messages": [{"role": "user", "content": "hi"}],
+    return {"model": "Qwen/Qwen3-0.6B", "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 4, "priority": priority, **extra}
 
 
 def test_fcfs_server_accepts_a_priority_and_server_info_says_fcfs() -> None:
     with SimServer(SimConfig(latency="zero")) as srv, httpx.Client(timeout=10) as c:
         assert c.post(srv.base_url + "/chat/completions", json=chat(-1)).status_code == 200
-        body = {"model": "Qwen-0.6B", "prompt": ["a", "b"], "max_tokens": 2, "priority": 3}
+        body = {"model": "Qwen/Qwen3-0.6B", "prompt": ["a", "b"], "max_tokens": 2, "priority": 3}
         assert c.post(srv.base_url + "/completions", json=body).status_code == 200
         bad = c.post(srv.base_url + "/chat/completions", json=chat("high"))
         assert bad.status_code == 400 and "`priority` must be an integer" in bad.text

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.sim
 
 def chat_body(text: str, **kw: Any) -> dict[str, Any]:
     """A chat request with thinking off (the client's default) unless overridden."""
-    body: dict[str, Any] = {"model": "Qwen-0.6B", "messages": [{"role": "user", "content": text}],
+    body: dict[str, Any] = {"model": "Qwen/Qwen3-0.6B", "messages": [{"role": "user", "content": text}],
                             "chat_template_kwargs": {"enable_thinking": False}}
     body.update(kw)
     return body
@@ -123,7 +123,7 @@ SEARCH = {"type": "function", "function": {"name": "web_search", "parameters": {
 def test_health_models_and_unknown_paths(client: httpx.Client) -> None:
     assert client.get("/health").status_code == 200
     models = client.get("/v1/models").json()
-    assert models["object"] == "list" and models["data"][0]["id"] == "Qwen-0.6B"
+    assert models["object"] == "list" and models["data"][0]["id"] == "Qwen/Qwen3-0.6B"
     assert models["data"][0]["max_model_len"] == 2048
     assert client.get("/nope").status_code == 404
     assert client.get("/v1/chat/completions").status_code == 405
@@ -133,7 +133,7 @@ def test_chat_echoes_last_user_message_with_exact_usage(client: httpx.Client) ->
     text = "What is quantum entanglement?"
     r = client.post("/v1/chat/completions", json=chat_body(text)).json()
     assert r["id"].startswith("chatcmpl-") and r["object"] == "chat.completion"
-    assert r["system_fingerprint"] is None and r["model"] == "Qwen-0.6B"
+    assert r["system_fingerprint"] is None and r["model"] == "Qwen/Qwen3-0.6B"
     choice = r["choices"][0]
     msg = choice["message"]
     assert msg["role"] == "assistant" and msg["content"].startswith("[sim] " + text)
@@ -235,7 +235,7 @@ def test_completions_list_matches_chat_answers_in_index_order(
     convs[3] = [("user", "Name a colour"), ("assistant", history), ("user", "And another?")]
     prompts = [chatml(c, thinking) for c in convs]
     prompts[3] = prompts[3].replace(history, "Green.")
-    r = client.post("/v1/completions", json={"model": "Qwen-0.6B", "prompt": prompts,
+    r = client.post("/v1/completions", json={"model": "Qwen/Qwen3-0.6B", "prompt": prompts,
                                                "max_tokens": 200}).json()
     assert r["id"].startswith("cmpl-") and r["object"] == "text_completion"
     assert [c["index"] for c in r["choices"]] == list(range(6))

@@ -1,5 +1,6 @@
 """Every LangChain entry point at full concurrency: ``batch_as_completed``, ``abatch_as_completed`` and
-``run_batch`` over thread-bound compositions, counted at a loopback server.
+``run_batch`` over thread-bound compositions (``RunnableParallel``, ``RunnableLambda``, a compiled LangGraph
+agent), counted at a loopback server.
 
 The server holds each request ``DELAY`` seconds, long enough that all 300 are sent before the first
 answer even on a busy 2-core machine; LangChain's thread-bound defaults keep 6 or 12 in flight, so the
@@ -10,6 +11,8 @@ Covers: _calls/batch.py, _loop/run_batch.py.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from typing import Any
@@ -172,3 +175,68 @@ def test_blocking_entry_points_on_the_loop_thread_raise_instead_of_hanging(local
     said = get_runtime().submit(on_the_loop()).result(timeout=10)
     assert "run_batch_as_completed blocks" in said[2] and "use the async API" in said[1]
     model.close()
+
+
+def _tool_calling_server(server: Any) -> None:
+    """The agent's model: a call whose last message is a tool result answers; any other calls the tool."""
+
+    def respond(payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        last = payload["messages"][-1]
+        if last["role"] == "tool":
+            message: dict[str, Any] = {"role": "assistant", "content": f"{last['content']} words"}
+        else:
+            message = {"role": "assistant", "content": "", "tool_calls": [{
+                "id": f"call-{last['content']}", "type": "function",
+                "function": {"name": "word_count", "arguments": json.dumps({"text": last["content"]})}}]}
+        return 200, {"id": "c", "object": "chat.completion", "model": "m", "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if "tool_calls" in message else "stop"}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+
+    server.respond = respond
+
+
+def _agent(llm: BatchedChatQwen) -> Any:
+    """A hand-built ReAct agent with one tool, as the LangGraph tutorials write it (a sync model node)."""
+    from langchain_core.tools import tool
+    from langgraph.graph import START, MessagesState, StateGraph
+    from langgraph.prebuilt import ToolNode, tools_condition
+
+    @tool
+    def word_count(text: str) -> int:
+        """Count the words in a text."""
+        return len(text.split())
+
+    model = llm.bind_tools([word_count])
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", lambda state: {"messages": [model.invoke(state["messages"])]})
+    graph.add_node("tools", ToolNode([word_count]))
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges("model", tools_condition)
+    graph.add_edge("tools", "model")
+    return graph.compile()
+
+
+def test_run_batch_keeps_the_model_calls_of_200_langgraph_agent_runs_in_flight(local_server: Any) -> None:
+    server = local_server(delay=DELAY)
+    _tool_calling_server(server)
+    llm = model_for(server)
+    agent = _agent(llm)
+    runs = 200
+    outs = run_batch(agent, [{"messages": [("user", f"q {i} x")]} for i in range(runs)])
+    assert [o["messages"][-1].content for o in outs[:3]] == ["3 words"] * 3
+    assert [m.type for m in outs[7]["messages"]] == ["human", "ai", "tool", "ai"]
+    assert server.count == 2 * runs  # the tool call, then the answer, for every run
+    assert server.max_in_flight > 32, server.max_in_flight
+    llm.close()
+
+
+def test_a_compiled_graphs_own_batch_is_bound_to_langchains_thread_pool(local_server: Any) -> None:
+    """What README.md tells users to avoid: the graph's sync .batch keeps at most min(32, cpu+4) runs going."""
+    server = local_server(delay=0.1)
+    _tool_calling_server(server)
+    llm = model_for(server)
+    threads = min(32, (os.cpu_count() or 1) + 4)
+    outs = _agent(llm).batch([{"messages": [("user", f"q {i}")]} for i in range(threads + 4)])
+    assert outs[0]["messages"][-1].content == "2 words"
+    assert server.max_in_flight <= threads, server.max_in_flight
+    llm.close()

@@ -148,7 +148,7 @@ def test_404_on_base_url_with_v1_does_not_suggest_v1(mock_model: Any) -> None:
     with pytest.raises(NotFoundError) as ei:
         model.invoke("hi")
     assert "does not exist" in str(ei.value)
-    assert "no /v1 suffix" not in str(ei.value)
+    assert "use base_url=" not in str(ei.value)
 
 
 def test_404_on_completions_path_with_v1_does_not_suggest_v1(mock_model: Any) -> None:
@@ -160,7 +160,7 @@ def test_404_on_completions_path_with_v1_does_not_suggest_v1(mock_model: Any) ->
     with pytest.raises(NotFoundError) as ei:
         model.invoke("hi")
     assert rec.requests[0]["path"] == "/v1/completions"
-    assert "no /v1 suffix" not in str(ei.value)
+    assert "use base_url=" not in str(ei.value)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
-"""The api key is sent to the server and shown nowhere else: repr, dumps, errors, logs.
+"""The api key is sent to the server and shown nowhere else: repr, dumps, errors, logs. Credential headers in
+``default_headers`` show as ``***``; a URL's ``user:password@`` and an api key, which would both need the one
+Authorization header, are refused together at construction.
 
-Covers: chat_models.py, _errors.py, _urls.py."""
+Covers: chat_models.py, _errors.py, _urls.py, _calls/fields.py."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import pytest
 from _qwen_fakes import MOCK_URL
 from langchain_core.load import dumpd, dumps
 
-from langchain_qwen_fast import AuthenticationError, ServerError
+from langchain_qwen_fast import AuthenticationError, BatchedChatQwen, ServerError
 
 SECRET = "sk-SECRET-7f3a9c-do-not-print"
 PROMPT = "my-private-prompt-text-4821"
@@ -118,3 +120,66 @@ def test_credentials_in_a_base_url_appear_in_neither_repr_nor_stats(mock_model: 
     assert keys == ["http://***@127.0.0.1:9/v1", "http://127.0.0.2:9/v1"]
     assert "s3cret" not in str(model.stats())
     assert model.base_urls[0] == "http://alice:s3cret@127.0.0.1:9/v1"  # the field itself keeps what was given
+
+
+TOKEN = "tok-HEADER-SECRET-5521"
+
+
+def test_credential_headers_show_as_stars_in_repr_stats_errors_and_logs(
+    mock_model: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}", "X-API-Key": TOKEN, "X-Session-Token": TOKEN, "X-Team": "search"}
+    model, rec = mock_model(
+        lambda p, r: httpx.Response(401, json={"error": {"message": "Unauthorized", "code": 401}}),
+        default_headers=headers, max_retries=0,
+    )
+    with caplog.at_level(logging.DEBUG), pytest.raises(AuthenticationError) as ei:
+        model.invoke("hi")
+    assert rec.requests[0]["headers"]["authorization"] == f"Bearer {TOKEN}"  # sent as given
+    shown = repr(model)
+    assert "'Authorization': '***'" in shown and "'X-API-Key': '***'" in shown and "'X-Session-Token': '***'" in shown
+    assert "'X-Team': 'search'" in shown  # other headers stay readable
+    for text in (shown, str(model), str(model.stats()), caplog.text, str(ei.value), repr(ei.value.args)):
+        assert TOKEN not in text
+
+
+@pytest.mark.parametrize(("source", "named"), [
+    ("argument", "the api_key argument"),
+    ("OPENAI_API_KEY", "the environment variable OPENAI_API_KEY"),
+    ("QWEN_API_KEY", "the environment variable QWEN_API_KEY"),
+    ("header", "an Authorization header in default_headers"),
+])
+def test_url_credentials_with_an_api_key_are_refused_naming_both_sources(
+    monkeypatch: pytest.MonkeyPatch, source: str, named: str
+) -> None:
+    for var in ("QWEN_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    fields: dict[str, Any] = {}
+    if source == "argument":
+        fields["api_key"] = SECRET
+    elif source == "header":
+        fields["default_headers"] = {"Authorization": f"Bearer {SECRET}"}
+    else:
+        monkeypatch.setenv(source, SECRET)
+    with pytest.raises(ValueError) as ei:
+        BatchedChatQwen(base_url="http://proxyuser:pw-SECRET-3@127.0.0.1:18809/v1", **fields)
+    msg = str(ei.value)
+    assert "base_url 'http://***@127.0.0.1:18809/v1' carries user:password" in msg and named in msg
+    assert "one Authorization header" in msg and "take user:password@ out of base_url" in msg
+    if source != "header":
+        assert "api_key=None" in msg
+    if source not in ("argument", "header"):
+        assert f"unset {source}" in msg
+    assert SECRET not in msg and "pw-SECRET-3" not in msg and "proxyuser" not in msg
+
+
+def test_url_credentials_alone_or_with_the_empty_placeholder_send_no_bearer(
+    mock_model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for var in ("QWEN_API_KEY", "OPENAI_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    for fields in ({}, {"api_key": "EMPTY"}):
+        model, rec = mock_model(base_url="http://proxyuser:pw@127.0.0.1:9/v1", **fields)
+        model.invoke("hi")
+        sent = rec.requests[0]["headers"].get("authorization", "")
+        assert "Bearer" not in sent, sent

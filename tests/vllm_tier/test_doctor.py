@@ -65,7 +65,7 @@ def test_fcfs_vllm_accepts_a_priority_so_the_check_says_it_cannot_tell(full_repo
 def test_full_server_cli_exits_zero(vllm_server: VllmCpuServer, capsys: Any) -> None:
     assert main(["--base-url", vllm_server.base_url, "--model", vllm_server.model]) == 0
     out = capsys.readouterr().out
-    assert "9 ok, 1 warn, 0 fail, 0 skipped: no failures" in out
+    assert "9 ok, 1 warn, 0 fail, 0 skipped, 0 info: no failures" in out
 
 
 def test_base_url_without_v1_names_the_url_to_use(vllm_server: VllmCpuServer) -> None:

@@ -247,6 +247,9 @@ class StreamWorker:
         for (eid, job), out in zip(group, outs, strict=True):
             if isinstance(out, BaseException):  # the model's retries are spent: the job gets an error result
                 kind = type(out).__name__
+                if not self.failed_types[kind]:  # the first of its kind, once: type and message, never the prompt
+                    log.warning("a job failed with %s: %.300s (later %s failures are counted in /metrics)",
+                                kind, out, kind)
                 self.failed_types[kind] += 1
                 result = error_result(job.id, kind, str(out), self.config.consumer)
             else:
