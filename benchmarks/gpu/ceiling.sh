@@ -65,11 +65,11 @@ while [ \$# -gt 0 ]; do case "\$1" in --host) H=\$2; shift;; --port) P=\$2; shif
 export PYTHONPATH=$PWD
 exec ${SIM_PY:-$PWD/.venv/bin/python} -m langchain_qwen_fast.testing.server --host \$H --port \$P --latency h100
 EOF
-    MODEL=Qwen-0.6B; COMMON=""
+    MODEL=Qwen/Qwen3-0.6B; COMMON=""
   else
     printf '#!/bin/bash\nexport PYTHONPATH=/tmp/site\nexec python3 -m vllm.entrypoints.cli.main "$@"\n' > /tmp/vllm
     MODEL=/tmp/model
-    COMMON="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
+    COMMON="--load-format dummy --served-model-name Qwen/Qwen3-0.6B --chat-template /tmp/model/chat_template.jinja"
     COMMON="$COMMON --kv-cache-memory-bytes 8589934592 --gpu-memory-utilization 0.15"
   fi
   chmod +x /tmp/vllm

@@ -29,7 +29,7 @@ start_server() {
   echo "== server start $(date -u)"
   S0=$(date +%s)
   PYTHONPATH=/tmp/site setsid python3 -m vllm.entrypoints.cli.main serve /tmp/model --load-format dummy \
-    --served-model-name Qwen-0.6B --host 127.0.0.1 --port 8000 --chat-template /tmp/model/chat_template.jinja \
+    --served-model-name Qwen/Qwen3-0.6B --host 127.0.0.1 --port 8000 --chat-template /tmp/model/chat_template.jinja \
     > /tmp/vllm.log 2>&1 &
   echo $! > /tmp/vllm.pid
   for i in $(seq 1 500); do

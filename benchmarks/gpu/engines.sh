@@ -28,7 +28,7 @@ serve() {
   chmod +x /tmp/vllm
   BOOT="import sys, types; p = types.ModuleType('langchain_qwen_fast'); p.__path__ = ['/tmp/qf/langchain_qwen_fast']; \
 sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.cli.engines import main; sys.exit(main(sys.argv[1:]))"
-  SERVE="--load-format dummy --served-model-name Qwen-0.6B --chat-template /tmp/model/chat_template.jinja"
+  SERVE="--load-format dummy --served-model-name Qwen/Qwen3-0.6B --chat-template /tmp/model/chat_template.jinja"
   rm -f /tmp/ready_a.json /tmp/ready_b.json
   if [ -n "${ONLY_B:-}" ]; then echo '[]' > /tmp/ready_a.json; else
   # --no-mps: these sets are the H200 run of docs/benchmarks.md section 1, without MPS (ceiling.sh measures MPS)

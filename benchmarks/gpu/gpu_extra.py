@@ -100,7 +100,7 @@ class Runs(BaseCallbackHandler):
 def failover(urls: list[str], out: Path, restart: bool = False, deadline: float = 0) -> None:
     n = int(5000 * SCALE)
     victim = urls[-1]
-    model = BatchedChatQwen(base_url=urls, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
+    model = BatchedChatQwen(base_url=urls, model="Qwen/Qwen3-0.6B", max_tokens=32, temperature=0.5,
                             model_kwargs={"ignore_eos": True}, timeout=120)
     model.batch(S.prompts(256))  # warm pools
     runs = Runs()
@@ -196,7 +196,7 @@ def mps_death(urls: list[str], out: Path) -> None:
     text = log.read_text(errors="replace") if log.exists() else ""
     pid = next((int(x.split("control daemon pid ")[1].split()[0]) for x in text.splitlines()
                 if "control daemon pid " in x), None)
-    model = BatchedChatQwen(base_url=urls, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
+    model = BatchedChatQwen(base_url=urls, model="Qwen/Qwen3-0.6B", max_tokens=32, temperature=0.5,
                             model_kwargs={"ignore_eos": True}, timeout=120)
     model.batch(S.prompts(256))
     row: dict[str, Any] = {"phase": "mps_death", "daemon_pid": pid}
@@ -221,7 +221,7 @@ def mps_death(urls: list[str], out: Path) -> None:
 
 
 def flags(a: list[str], b: list[str], out: Path, rounds: int, deadline: float) -> None:
-    w = S.Workload(base_url=a[0], model="Qwen-0.6B", max_tokens=32, n=int(3000 * SCALE))
+    w = S.Workload(base_url=a[0], model="Qwen/Qwen3-0.6B", max_tokens=32, n=int(3000 * SCALE))
     sets = [("flags_x1", a[:1]), ("noflags_x1", b[:1]), ("flags_x3", a[:3]), ("noflags_x3", b[:3])]
     for rnd in range(rounds):
         for name, urls in (sets if rnd % 2 == 0 else list(reversed(sets))):
@@ -268,7 +268,7 @@ def affinity(b: list[str], out: Path, rounds: int, deadline: float, prompts: int
                        " ".join(rng.choice(words) for _ in range(1150)) for k in range(prompts)]
             inputs = [[SystemMessage(systems[rng.randrange(prompts)]), HumanMessage(S.QUESTIONS[i % len(S.QUESTIONS)])]
                       for i in range(n)]
-            model = BatchedChatQwen(base_url=b, model="Qwen-0.6B", max_tokens=32, temperature=0.5,
+            model = BatchedChatQwen(base_url=b, model="Qwen/Qwen3-0.6B", max_tokens=32, temperature=0.5,
                                     model_kwargs={"ignore_eos": True}, timeout=300, routing=mode)
             before = [_metrics(u) for u in b]
             rec = S.LatencyRecorder()
@@ -290,13 +290,13 @@ def affinity(b: list[str], out: Path, rounds: int, deadline: float, prompts: int
 
 
 def openloop(a: list[str], out: Path, deadline: float, seconds: float) -> None:
-    w = S.Workload(base_url=a[0], model="Qwen-0.6B", max_tokens=32, n=int(3000 * SCALE))
+    w = S.Workload(base_url=a[0], model="Qwen/Qwen3-0.6B", max_tokens=32, n=int(3000 * SCALE))
     ceiling = statistics.median(R.raw_scenario(a, w)["req_s"] for _ in range(2))
     for frac in (0.5, 0.9):
         for client in ("qwen", "openai"):
             if deadline and time.time() > deadline:
                 return
-            wk = S.Workload(base_url=a if client == "qwen" else a[0], model="Qwen-0.6B", max_tokens=32)  # type: ignore[arg-type]
+            wk = S.Workload(base_url=a if client == "qwen" else a[0], model="Qwen/Qwen3-0.6B", max_tokens=32)  # type: ignore[arg-type]
             row = S.poisson_scenario(wk, client, ceiling * frac, seconds)
             emit(out, {"phase": "openloop", "engines": len(a) if client == "qwen" else 1, "load_fraction": frac,
                        "raw_ceiling_req_s": ceiling, **row})

@@ -75,7 +75,7 @@ class PlanConfig:
     profile: bool = False
     child_timeout: float = 1200.0
     #: the served model name: the simulator's (``SimConfig.model_name``), filled in by ``main``
-    model: str = "Qwen-0.6B"
+    model: str = "Qwen/Qwen3-0.6B"
 
     def n_for(self, scenario: str) -> int:
         return self.openai_n if scenario == "openai_batch" else self.n

@@ -27,7 +27,7 @@ import gevent
 faulthandler.dump_traceback_later(40, exit=True)  # a hang ends with the stacks, not a stuck test
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast._loop.runtime import get_runtime
-llm = BatchedChatQwen(base_url=sys.argv[1], model="Qwen-0.6B", max_tokens=8, timeout=20)
+llm = BatchedChatQwen(base_url=sys.argv[1], model="Qwen/Qwen3-0.6B", max_tokens=8, timeout=20)
 """
 
 MANY = PRELUDE + """\
