@@ -258,6 +258,7 @@ def test_server_prompt_ends_with_empty_think_block_only_when_thinking_is_off(
 ) -> None:
     ids = tokenize(
         http,
+        MODEL,
         messages=CONV,
         add_generation_prompt=True,
         chat_template_kwargs={"enable_thinking": thinking},
@@ -353,6 +354,7 @@ def test_render_chatml_tokenizes_exactly_like_the_server_chat_template(
     # ... and as /v1/chat/completions renders the same messages through the model's template.
     theirs = tokenize(
         http,
+        MODEL,
         messages=dicts,
         add_generation_prompt=True,
         chat_template_kwargs={"enable_thinking": thinking},
