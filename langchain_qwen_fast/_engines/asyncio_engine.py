@@ -5,8 +5,8 @@ CPU. aiohttp's ``ClientSession.post`` + ``read()`` measured 225-258 µs of CPU p
 zero-latency server (64 in flight, uvloop, 2 cores): a request object, a response object, a writer
 task, a timeout handle, connector bookkeeping and header multidicts, per request. This engine writes
 each request as one ``bytes`` (the head preformatted per URL), parses the response in the protocol's
-``data_received`` (``http1.py``) and wakes the caller once; one ``loop.call_at`` bounds the whole
-exchange. docs/architecture.md has the measurements that made it the default.
+``data_received`` (``http1.py``) and wakes the caller once; one alarm per engine bounds every
+exchange (``asyncio_pool.py``). docs/architecture.md has the measurements that made it the default.
 
 The deadline: ``timeout`` bounds the whole exchange (waiting for a connection, connecting, writing,
 reading); connecting is bounded by ``connect_timeout`` too. A request that passes its deadline, is
@@ -31,25 +31,33 @@ _PATH_SAFE = "/%:@!$&'()*+,;=-._~"
 
 
 class _Route:
-    """What one URL needs on every request: its pool and the start of its request head."""
+    """What one URL needs on every request: its pool, and its request heads up to ``Content-Length``
+    (one per method and set of headers, formatted once: a batch sends thousands with the same ones)."""
 
-    __slots__ = ("host", "pool", "target")
+    __slots__ = ("heads", "host", "pool", "target")
 
     def __init__(self, pool: Pool, target: bytes, host: bytes) -> None:
         self.pool, self.target, self.host = pool, target, host
+        self.heads: dict[tuple[object, ...], bytes] = {}
 
-    def head(self, method: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
-        parts = [method, b" ", self.target, b" HTTP/1.1\r\n"]
-        if not ("Host" in headers or "host" in headers):  # the caller's own Host wins (a proxy's virtual host)
-            parts.append(self.host)
-        parts.append(header_block(headers))
-        if body is not None:
-            parts.append(b"Content-Length: %d\r\n\r\n" % len(body))
-            if len(body) < _JOIN_BELOW:
-                parts.append(body)
-        else:
-            parts.append(b"\r\n")
-        return b"".join(parts)
+    def request(self, method: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
+        """The bytes to write: the head, and the body too when it is small."""
+        key = (method, *headers.items())
+        head = self.heads.get(key)
+        if head is None:
+            head = self._head(method, headers)
+            if len(self.heads) >= 64:  # a model has one set of headers; this only bounds misuse
+                self.heads.clear()
+            self.heads[key] = head
+        if body is None:
+            return head + b"\r\n"
+        if len(body) < _JOIN_BELOW:
+            return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
+        return b"%sContent-Length: %d\r\n\r\n" % (head, len(body))
+
+    def _head(self, method: bytes, headers: Mapping[str, str]) -> bytes:
+        host = b"" if "Host" in headers or "host" in headers else self.host  # the caller's own Host wins
+        return b"".join((method, b" ", self.target, b" HTTP/1.1\r\n", host, header_block(headers)))
 
 
 class AsyncioEngine:
@@ -57,7 +65,7 @@ class AsyncioEngine:
     docstring. Created anywhere, bound to the running loop on first use (and rebound, with fresh
     pools, if a later call runs on another loop)."""
 
-    #: ``timeout`` bounds the whole exchange here (one ``loop.call_at``), so the transport adds no timer.
+    #: ``timeout`` bounds the whole exchange here (the pool's deadline alarm), so the transport adds no timer.
     enforces_deadline = True
 
     def __init__(self, limits: Limits, ssl_context: ssl.SSLContext | bool = True) -> None:
@@ -107,7 +115,7 @@ class AsyncioEngine:
             self._bind(loop)
         deadline = loop.time() + timeout
         route = self._routes.get(url) or self._route(url)
-        data = route.head(method, headers, body)
+        data = route.request(method, headers, body)
         pool = route.pool
         conn: Connection | None = await pool.acquire(deadline)
         try:
@@ -115,10 +123,11 @@ class AsyncioEngine:
                 await self._send(conn, data, body, deadline, streaming)
                 return conn  # type: ignore[return-value]
             except ServerDisconnected as e:
-                # A kept-alive connection the server closed before it answered anything: the idle-close
-                # race (uvicorn closes idle connections after 5 s). Once, at once, on a fresh connection;
-                # never when any byte of a response arrived.
-                if e.answered or conn is None or not conn.reused or pool.slots.closed:
+                # A kept-alive connection the server closed in order before it answered anything: the
+                # idle-close race (uvicorn closes idle connections after 5 s; the request crossed its FIN).
+                # Once, at once, on a fresh connection; never when any byte of a response arrived, and
+                # never after a reset (a server that read the request and died: the transport's retry).
+                if e.answered or e.__cause__ is not None or conn is None or not conn.reused or pool.slots.closed:
                     raise
             pool.drop(conn, keep_slot=True)
             conn = None  # the slot is the fresh connection's now (connect gives it back if it fails)

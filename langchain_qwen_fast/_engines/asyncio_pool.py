@@ -10,6 +10,11 @@ connection first closes an idle one of another pool, else waits (bounded by the 
 until a connection is released or closed. Idle connections are reused last-in first-out, so the ones
 that stay idle are the ones that expire: one timer per engine closes them after ``keepalive_expiry``,
 and a connection the peer closed leaves the pool as soon as ``connection_lost`` says so.
+
+Deadlines: one alarm per engine, set for the earliest deadline of the exchanges in flight, instead of a
+timer per request (a uvloop ``call_at`` + ``cancel`` is a libuv timer started, stopped and closed: it
+was the largest single cost after parsing). Requests finish long before their deadlines, so the alarm
+rarely rings; when it does, it expires what is due and is set again for the next deadline.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import ssl
 from typing import Any
 
@@ -24,6 +30,8 @@ from langchain_qwen_fast._engines.http1 import ConnectFailed, ResponseReader, Se
 
 #: A stream that buffers more than this unread stops reading from the socket until the lines are taken.
 _HIGH_WATER = 1 << 20
+#: A timer may ring this much before its time (clock resolution); deadlines that close are due.
+_EARLY = 0.002
 
 
 class Connection(asyncio.Protocol):
@@ -32,6 +40,7 @@ class Connection(asyncio.Protocol):
     __slots__ = (
         "closed",
         "counted",
+        "deadline",
         "error",
         "idle_since",
         "loop",
@@ -40,7 +49,6 @@ class Connection(asyncio.Protocol):
         "reader",
         "reused",
         "streaming",
-        "timer",
         "transport",
         "waiter",
     )
@@ -50,7 +58,7 @@ class Connection(asyncio.Protocol):
         self.transport: Any = None
         self.reader: ResponseReader | None = None
         self.waiter: asyncio.Future[None] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0
         self.error: BaseException | None = None
         self.closed = self.reused = self.streaming = self.paused = False
         self.idle_since = 0.0
@@ -72,7 +80,7 @@ class Connection(asyncio.Protocol):
             return
         if r.done:
             if not self.streaming:
-                self.stop_timer()
+                self.pool.slots.inflight.discard(self)
             self.wake()
         elif self.streaming and r.head_done:
             if r.size > _HIGH_WATER and not self.paused:
@@ -96,17 +104,17 @@ class Connection(asyncio.Protocol):
                 e.__cause__ = exc
                 self.error = e
             if r.done and not self.streaming:
-                self.stop_timer()
+                self.pool.slots.inflight.discard(self)
         self.wake()
 
     # -- one exchange ----------------------------------------------------------------------------
     async def exchange(self, data: bytes, deadline: float, streaming: bool) -> ResponseReader:
         """Send ``data``; return when the response is complete (a stream: when its head is)."""
-        if self.closed:
+        if self.closed or self.transport.is_closing():  # the peer's close is on its way: nothing was sent
             raise ServerDisconnected(False, "the server closed the connection before the request was sent")
         r = self.reader = ResponseReader()
         self.streaming, self.error = streaming, None
-        self.timer = self.loop.call_at(deadline, self.expire)
+        self.pool.slots.watch(self, deadline)
         self.transport.write(data)
         while True:
             if self.error is not None:
@@ -133,7 +141,6 @@ class Connection(asyncio.Protocol):
 
     def expire(self) -> None:
         """The request's deadline: the exchange fails, and the half-read connection is closed."""
-        self.timer = None
         if self.error is None:
             self.error = asyncio.TimeoutError()
         self.abort()
@@ -144,11 +151,6 @@ class Connection(asyncio.Protocol):
             self.error = e
         self.abort()
         self.wake()
-
-    def stop_timer(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
 
     def abort(self) -> None:
         self.closed = True
@@ -166,12 +168,42 @@ class Slots:
         self.waiters: collections.deque[asyncio.Future[bool]] = collections.deque()
         self.sweep: asyncio.TimerHandle | None = None
         self.closed = False
+        #: Connections whose exchange is bounded by a deadline now, and the alarm for the earliest one.
+        self.inflight: set[Connection] = set()
+        self.alarm: asyncio.TimerHandle | None = None
+        self.alarm_at = math.inf
+
+    def watch(self, conn: Connection, deadline: float) -> None:
+        conn.deadline = deadline
+        self.inflight.add(conn)
+        if deadline < self.alarm_at:
+            self._set_alarm(deadline)
+
+    def _set_alarm(self, when: float) -> None:
+        if self.alarm is not None:
+            self.alarm.cancel()
+        self.alarm_at = when
+        self.alarm = self.loop.call_at(when, self._ring)
+
+    def _ring(self) -> None:
+        self.alarm, self.alarm_at = None, math.inf
+        due = self.loop.time() + _EARLY
+        later = math.inf
+        for conn in list(self.inflight):
+            if conn.deadline <= due:
+                self.inflight.discard(conn)
+                conn.expire()
+            elif conn.deadline < later:
+                later = conn.deadline
+        if later < math.inf:
+            self._set_alarm(later)
 
     def close(self) -> None:
         self.closed = True
-        if self.sweep is not None:
-            self.sweep.cancel()
-            self.sweep = None
+        for timer in (self.sweep, self.alarm):
+            if timer is not None:
+                timer.cancel()
+        self.sweep = self.alarm = None
         for pool in list(self.pools.values()):
             pool.close()
         while self.waiters:  # each finds the engine closed
@@ -257,7 +289,8 @@ class Pool:
             idle = self.idle
             while idle:
                 conn = idle.pop()
-                if not conn.closed and slots.loop.time() - conn.idle_since < slots.expiry:
+                if not conn.closed and slots.loop.time() - conn.idle_since < slots.expiry \
+                        and not conn.transport.is_closing():
                     conn.reused = True
                     return conn
                 self.drop(conn)
@@ -297,7 +330,7 @@ class Pool:
         end and both sides keep it alive; else close it."""
         r = conn.reader
         conn.reader = None
-        conn.stop_timer()
+        self.slots.inflight.discard(conn)
         if conn.closed or r is None or not r.done or not r.keep_alive:
             self.drop(conn)
             return
@@ -312,7 +345,7 @@ class Pool:
     def drop(self, conn: Connection, keep_slot: bool = False) -> None:
         """Close ``conn`` for good (never half-read back into the pool) and free its slot, unless the
         caller takes the slot over for a fresh connection."""
-        conn.stop_timer()
+        self.slots.inflight.discard(conn)
         conn.reader = None  # connection_lost must not look for it in the idle queue
         if not conn.closed:
             conn.abort()

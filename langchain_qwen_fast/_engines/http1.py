@@ -13,6 +13,7 @@ fits without guessing from a message.
 
 from __future__ import annotations
 
+import re
 import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -36,8 +37,10 @@ class ConnectFailed(Fault):
 class ServerDisconnected(Fault):
     """The connection ended (closed or reset) before the response was complete.
 
-    ``answered`` says whether any byte of a response had arrived: a reused keep-alive connection
-    that the server closed before answering at all is the idle-close race, retried on a fresh one."""
+    ``answered`` says whether any byte of a response had arrived. The OS error of a reset, if it was
+    one, is the ``__cause__``: a reused keep-alive connection that the server closed in order (a FIN)
+    before answering at all is the idle-close race, retried on a fresh one; a reset is a server that
+    took the request and died, which is the transport's to retry (counted, and bounded by max_retries)."""
 
     def __init__(self, answered: bool, detail: str) -> None:
         super().__init__(detail)
@@ -57,30 +60,73 @@ class Unsendable(Fault):
 
 
 class Headers(Mapping[str, str]):
-    """A response's headers, looked up case-insensitively; repeated headers are joined with ``", "``."""
+    """A response's headers, looked up case-insensitively; repeated headers are joined with ``", "``.
 
-    __slots__ = ("_d",)
+    Built from the raw header lines on first use: a successful answer's headers are never looked at
+    (the transport reads them for errors only), so most responses never pay for the dict."""
 
-    def __init__(self, lowered: dict[str, str]) -> None:
-        self._d = lowered
+    __slots__ = ("_d", "_raw")
+
+    def __init__(self, raw: bytes = b"", lowered: dict[str, str] | None = None) -> None:
+        self._raw, self._d = raw, lowered
+
+    def _dict(self) -> dict[str, str]:
+        if self._d is None:
+            self._d = parse_fields(self._raw)
+        return self._d
 
     def __getitem__(self, name: str) -> str:
-        return self._d[name.lower()]
+        return self._dict()[name.lower()]
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._d.get(name.lower(), default)
+        return self._dict().get(name.lower(), default)
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name.lower() in self._d
+        return isinstance(name, str) and name.lower() in self._dict()
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
+        return iter(self._dict())
 
     def __len__(self) -> int:
-        return len(self._d)
+        return len(self._dict())
 
     def __repr__(self) -> str:
-        return f"Headers({self._d!r})"
+        return f"Headers({self._dict()!r})"
+
+
+def parse_fields(fields: bytes) -> dict[str, str]:
+    """Header lines (CRLF-separated) -> ``{lowercased name: value}``; a line that is not ``token: value``
+    is a :class:`BadHttp`."""
+    headers: dict[str, str] = {}
+    for raw in fields.split(b"\r\n"):
+        if not raw:
+            continue
+        name, colon, value = raw.partition(b":")
+        if not colon or not name or name.translate(None, _TOKEN):
+            raise BadHttp(f"bad header line {raw[:60]!r}")
+        key = name.decode("ascii").lower()
+        text = value.strip(b" \t").decode("latin-1")
+        headers[key] = headers[key] + ", " + text if key in headers else text
+    return headers
+
+
+#: A head in the shape almost every server sends: checked in one match, its header lines parsed later.
+_PLAIN_HEAD = re.compile(rb"HTTP/1\.([01]) (\d\d\d)(?: [^\r\n]*)?((?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*)*)")
+#: The fields that decide framing and reuse, found in one scan of the header lines.
+_FRAMING = re.compile(rb"\r\n(transfer-encoding|content-length|connection|content-encoding):[ \t]*([^\r\n]*)", re.I)
+_FRAMING_NAMES = ("transfer-encoding", "content-length", "connection", "content-encoding")
+
+
+def _framing_fields(fields: bytes) -> dict[str, str] | None:
+    """The framing fields (lowercased names and values) without parsing every line; None when one of
+    them is repeated (the full parse joins repeats)."""
+    out: dict[str, str] = {}
+    for name, value in _FRAMING.findall(fields):
+        key = name.decode("ascii").lower()
+        if key in out:
+            return None
+        out[key] = value.rstrip(b" \t").decode("latin-1").lower()
+    return out
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
@@ -140,7 +186,7 @@ class ResponseReader:
 
     def __init__(self) -> None:
         self.status = 0
-        self.headers: Headers = Headers({})
+        self.headers: Headers = Headers()
         self.body: list[bytes] = []
         self.size = 0
         self.head_done = self.done = False
@@ -254,7 +300,8 @@ class ResponseReader:
             raise BadHttp(f"the response head is longer than {MAX_HEAD} bytes")
         self._pending = data
 
-    def _status(self, line: bytes) -> int:
+    @staticmethod
+    def _status(line: bytes) -> int:
         parts = line.split(b" ", 2)
         version = parts[0]
         if not version.startswith(b"HTTP/"):
@@ -264,52 +311,50 @@ class ResponseReader:
         code = parts[1] if len(parts) > 1 else b""
         if len(code) != 3 or not code.isdigit():
             raise BadHttp(f"bad status line {line[:120]!r}")
-        if version == b"HTTP/1.0":
-            self.keep_alive = False
         return int(code)
 
     def _head(self, head: bytes, rest: bytes) -> bytes:
-        line, _, fields = head.partition(b"\r\n")
-        status = self._status(line)
-        headers: dict[str, str] = {}
-        if fields:
-            for raw in fields.split(b"\r\n"):
-                name, colon, value = raw.partition(b":")
-                if not colon or not name or name.translate(None, _TOKEN):
-                    raise BadHttp(f"bad header line {raw[:60]!r}")
-                key = name.decode("ascii").lower()
-                text = value.strip(b" \t").decode("latin-1")
-                headers[key] = headers[key] + ", " + text if key in headers else text
+        plain = _PLAIN_HEAD.fullmatch(head)
+        framing = _framing_fields(plain.group(3)) if plain is not None else None
+        if plain is not None and framing is not None:
+            status, fields, http10 = int(plain.group(2)), plain.group(3), plain.group(1) == b"0"
+            headers = Headers(fields)
+        else:  # the careful path: it says what is wrong, or joins repeated framing fields
+            line, _, fields = head.partition(b"\r\n")
+            status, http10 = self._status(line), line.startswith(b"HTTP/1.0")
+            parsed = parse_fields(fields)
+            framing = {k: parsed[k].lower() for k in _FRAMING_NAMES if k in parsed}
+            headers = Headers(fields, parsed)
         if 100 <= status < 200:
             if status == 101:
                 raise BadHttp("the server switched protocols (101), which was not asked for")
             return rest  # an interim response: the real one follows
-        self.status, self.headers, self.head_done = status, Headers(headers), True
-        conn = headers.get("connection")
+        self.status, self.headers, self.head_done = status, headers, True
+        te, length = framing.get("transfer-encoding"), framing.get("content-length")
+        conn, enc = framing.get("connection"), framing.get("content-encoding")
+        if http10:
+            self.keep_alive = False
         if conn is not None:
-            tokens = conn.lower()
-            if "close" in tokens:
+            if "close" in conn:
                 self.keep_alive = False
-            elif "keep-alive" in tokens and line.startswith(b"HTTP/1.0"):
+            elif "keep-alive" in conn:  # HTTP/1.0 asking to keep the connection
                 self.keep_alive = True
-        enc = headers.get("content-encoding")
-        if enc is not None and enc.lower() != "identity":
-            wbits = _DECODERS.get(enc.lower().strip())
+        if enc is not None and enc != "identity":
+            wbits = _DECODERS.get(enc)
             if wbits is None:
                 raise BadHttp(f"the body is encoded as {enc!r}, which this engine cannot decode (it never asks for it)")
             self._inflate = zlib.decompressobj(wbits)
-        te = headers.get("transfer-encoding")
         if status in (204, 304):
             self._finish(rest)
         elif te is not None:
-            if te.lower().rsplit(",", 1)[-1].strip() == "chunked":
+            if te.rsplit(",", 1)[-1].strip() == "chunked":
                 self._state = _CHUNK_SIZE
-                if "content-length" in headers:  # both: chunked wins, and the connection is not trusted again
+                if length is not None:  # both: chunked wins, and the connection is not trusted again
                     self.keep_alive = False
             else:
                 self._state, self.keep_alive = _UNTIL_CLOSE, False
-        elif "content-length" in headers:
-            self._left = self._length(headers["content-length"])
+        elif length is not None:
+            self._left = self._length(length)
             self._state = _LENGTH
             if not self._left:
                 self._finish(rest)

@@ -213,6 +213,18 @@ async def test_a_reused_connection_cut_after_part_of_an_answer_is_not_resent(
     assert ei.value.maybe_sent and len(srv.requests) == 2
 
 
+async def test_a_reused_connection_reset_before_an_answer_is_the_transports_to_retry(
+    serve: Serve, engine: AsyncioEngine
+) -> None:
+    """A reset is a server that read the request and died (the simulator's reset_before): resending it
+    is a retry the caller's max_retries must bound and the stats must count, not the engine's."""
+    srv = serve(lambda r: Reply(then="reset") if r.index == 2 else Reply(ok()))
+    await engine.post(srv.url("/x"), b"{}", JSON, 5.0)
+    with pytest.raises(APIConnectionError, match="ConnectionResetError") as ei:
+        await engine.post(srv.url("/x"), b"{}", JSON, 5.0)
+    assert ei.value.maybe_sent and is_retryable(ei.value) and len(srv.requests) == 2
+
+
 async def test_a_fresh_connection_closed_unanswered_is_an_error_not_a_retry(
     serve: Serve, engine: AsyncioEngine
 ) -> None:

@@ -89,6 +89,15 @@ def test_headers_are_found_whatever_their_case_and_repeats_are_joined() -> None:
     assert dict(r.headers) == {"retry-after": "3", "x-a": "1, 2", "content-length": "0"}
 
 
+def test_a_repeated_framing_header_is_joined_and_must_agree() -> None:
+    r = _read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2\r\n\r\n{}")
+    assert r.done and r.take() == b"{}" and r.headers["content-length"] == "2, 2"
+    with pytest.raises(BadHttp, match="conflicting Content-Length"):
+        _read(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}")
+    r = _read(b"HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+    assert r.done and not r.keep_alive
+
+
 def test_no_content_and_not_modified_have_no_body() -> None:
     for status in (b"204 No Content", b"304 Not Modified"):
         r = _read(b"HTTP/1.1 " + status + b"\r\n\r\n")
