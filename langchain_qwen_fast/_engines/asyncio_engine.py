@@ -22,7 +22,7 @@ from urllib.parse import quote, urlsplit
 
 from langchain_qwen_fast._engines.asyncio_pool import Connection, Pool, Slots
 from langchain_qwen_fast._engines.base import Limits, RawResponse, StreamHandle
-from langchain_qwen_fast._engines.http1 import ConnectFailed, ServerDisconnected, Unsendable, header_block
+from langchain_qwen_fast._engines.http1 import ServerDisconnected, Unsendable, header_block
 from langchain_qwen_fast._engines.mapping import mapped
 
 #: Bodies up to this size go out in the same ``write`` as the head (one copy, one send).
@@ -152,14 +152,14 @@ class AsyncioEngine:
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise ConnectFailed(f"unsupported URL scheme {scheme!r} (http and https are)")
+            raise Unsendable(f"unsupported URL scheme {scheme!r} (http and https are)")
         host = parts.hostname
         if not host:
-            raise ConnectFailed(f"no host in the URL {url!r}")
+            raise Unsendable("the URL has no host")
         try:
             port = parts.port or (443 if scheme == "https" else 80)
         except ValueError as e:
-            raise ConnectFailed(f"bad port in the URL: {e}") from None
+            raise Unsendable(f"bad port in the URL: {e}") from None
         # Host carries no userinfo; an IPv6 literal keeps its brackets; a default port is left out.
         shown = f"[{host}]" if ":" in host else host
         if parts.port is not None and parts.port != (443 if scheme == "https" else 80):

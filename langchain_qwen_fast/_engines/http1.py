@@ -56,7 +56,8 @@ class BadHttp(Fault):
 
 
 class Unsendable(Fault):
-    """The request itself cannot be written as HTTP/1.1 (a header with a line break or non-Latin-1 text)."""
+    """The request itself cannot be sent: a header with a line break or non-Latin-1 text, a URL that is not
+    http(s) or has no host. A retry would fail the same way."""
 
 
 class Headers(Mapping[str, str]):

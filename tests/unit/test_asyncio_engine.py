@@ -295,6 +295,14 @@ async def test_a_header_with_a_line_break_is_refused_before_anything_is_sent(
     assert srv.counts.accepted == 0
 
 
+async def test_a_url_the_engine_cannot_use_fails_at_once_and_is_not_retried(engine: AsyncioEngine) -> None:
+    for url, what in (("ftp://127.0.0.1/v1/x", "unsupported URL scheme 'ftp'"), ("http:///v1/x", "no host"),
+                      ("http://127.0.0.1:99999/v1/x", "bad port")):
+        with pytest.raises(APIConnectionError, match=what) as ei:
+            await engine.post(url, b"{}", JSON, 5.0)
+        assert not ei.value.maybe_sent and not is_retryable(ei.value)
+
+
 # -- IPv6 and TLS ------------------------------------------------------------------------------------------
 def _has_ipv6_loopback() -> bool:
     try:
