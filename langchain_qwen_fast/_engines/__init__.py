@@ -1,9 +1,12 @@
 """HTTP engines under the transport: the bytes-in, bytes-out layer.
 
-Three engines share one small interface (:class:`~langchain_qwen_fast._engines.base.HttpEngine`), so
+Four engines share one small interface (:class:`~langchain_qwen_fast._engines.base.HttpEngine`), so
 everything above them is engine-agnostic:
 
-- ``AiohttpEngine`` (default, ``aiohttp_engine.py``).
+- ``AsyncioEngine`` (default, ``http_engine="asyncio"``): HTTP/1.1 keep-alive straight on asyncio
+  transports (``asyncio_engine.py``, its pool in ``asyncio_pool.py``, the wire format in ``http1.py``),
+  a third of aiohttp's client CPU per request (docs/architecture.md, the engine).
+- ``AiohttpEngine`` (``http_engine="aiohttp"``, ``aiohttp_engine.py``).
 - ``HttpxEngine`` wraps an ``httpx.AsyncClient``: the caller's own (``http_async_client``: proxies,
   certificates, respx mocks) or one built for ``http_engine="httpx"``.
 - ``SyncHttpxEngine`` wraps a caller's sync ``httpx.Client`` (``http_client``); each request runs in a
