@@ -11,7 +11,8 @@ of one Locust process share one model, as the threads of a web server would: ``B
 coalesces their calls in one dispatcher. Under gevent the package's loop runs as a greenlet on asyncio's own loop
 (uvloop would block every greenlet: docs/architecture.md), so call the sync methods from users; this file does.
 
-Settings (environment): ``QWEN_MODEL`` (served name, default ``Qwen/Qwen3-0.6B``, what `vllm serve Qwen/Qwen3-0.6B` serves), ``QWEN_MAX_TOKENS`` (32),
+Settings (environment): ``QWEN_MODEL`` (served name, default ``Qwen/Qwen3-0.6B``: what ``vllm serve Qwen/Qwen3-0.6B``
+serves), ``QWEN_MAX_TOKENS`` (32),
 ``LOCUST_WAIT`` (a user's pause between calls in seconds, ``min,max``, default ``0.05,0.15``). Each answer is
 ``max_tokens`` long (``ignore_eos``), so the rows compare like for like; a request's length in Locust's table is
 its output tokens.

@@ -5,11 +5,13 @@ or ``--base-url``), every candidate sends the same non-streaming chat request wi
 
 - ``httpx_default``: ``httpx.AsyncClient`` with its default transport (what a "shared httpx pool" gives);
 - ``httpx_aiohttp``: ``httpx.AsyncClient`` over httpx-aiohttp's ``AiohttpTransport``;
-- ``engine``: this package's transport + default engine (``Transport.post_json``), no dispatcher;
-- ``raw_aiohttp``: ``aiohttp.ClientSession`` + a semaphore, the floor;
-- ``qwen_batch_chat`` / ``qwen_batch`` / ``openai_batch``: the whole sync ``.batch`` path of
-  BatchedChatQwen in the chat wire mode (one request per input, like ChatOpenAI) and in its default
-  completions mode (lists of 32), and of ChatOpenAI (``max_concurrency=N``), LangChain included.
+- ``engine_aiohttp`` / ``engine_asyncio``: this package's transport + its aiohttp or asyncio engine
+  (``Transport.post_json``), no dispatcher;
+- ``raw_aiohttp``: ``aiohttp.ClientSession`` + a semaphore, the reference the ratios are taken against;
+- ``qwen_batch_chat_aiohttp`` / ``qwen_batch_chat_asyncio`` / ``qwen_batch`` / ``openai_batch``: the whole
+  sync ``.batch`` path of BatchedChatQwen in the chat wire mode (one request per input, like ChatOpenAI)
+  with either engine, and in its default completions mode (lists of 32) with the default engine, and of
+  ChatOpenAI (``max_concurrency=N``), LangChain included.
 
 Scenarios are interleaved and repeated; the table gives medians with min-max, and ratios against
 raw aiohttp and ChatOpenAI from the same run. Client CPU is this process's rusage (all threads).
@@ -99,13 +101,13 @@ async def run_raw_aiohttp(url: str, n: int, inflight: int) -> int:
         return await _drive(n, inflight, one)
 
 
-async def run_engine(url: str, n: int, inflight: int) -> int:
-    from langchain_qwen_fast._engines import AiohttpEngine, Limits
+async def run_engine(url: str, n: int, inflight: int, kind: str) -> int:
+    from langchain_qwen_fast._engines import Limits, make_engine
     from langchain_qwen_fast._upstream.replicas import ReplicaSet
     from langchain_qwen_fast._upstream.transport import RetryPolicy, Transport
 
     replicas = ReplicaSet([url], limit=inflight)
-    tr = Transport(replicas, AiohttpEngine(Limits(max_connections=inflight)), RetryPolicy(max_retries=0))
+    tr = Transport(replicas, make_engine(kind, Limits(max_connections=inflight)), RetryPolicy(max_retries=0))
     headers = {"Content-Type": "application/json"}
     try:
         async def one() -> Any:
@@ -117,14 +119,15 @@ async def run_engine(url: str, n: int, inflight: int) -> int:
 
         return await _drive(n, inflight, one)
     finally:
-        await tr.engine.aclose()
+        await tr.aclose()
 
 
-def run_qwen_batch(url: str, n: int, inflight: int, mode: str = "completions") -> int:
+def run_qwen_batch(url: str, n: int, inflight: int, mode: str = "completions", engine: str | None = None) -> int:
     from langchain_qwen_fast import BatchedChatQwen
 
+    fields: dict[str, Any] = {"http_engine": engine} if engine else {}
     with BatchedChatQwen(base_url=url, model="Qwen/Qwen3-0.6B", max_tokens=32, max_concurrency=inflight,
-                         max_retries=0, timeout=60, wire_mode=mode) as m:
+                         max_retries=0, timeout=60, wire_mode=mode, **fields) as m:
         out = m.batch(["What is the capital of France?"] * n, return_exceptions=True)
     return sum(isinstance(o, Exception) for o in out)
 
@@ -142,9 +145,11 @@ def run_openai_batch(url: str, n: int, inflight: int) -> int:
 SCENARIOS: dict[str, Callable[[str, int, int], Any]] = {
     "httpx_default": lambda u, n, c: asyncio.run(run_httpx(u, n, c)),
     "httpx_aiohttp": lambda u, n, c: asyncio.run(run_httpx_aiohttp(u, n, c)),
-    "engine": lambda u, n, c: asyncio.run(run_engine(u, n, c)),
+    "engine_aiohttp": lambda u, n, c: asyncio.run(run_engine(u, n, c, "aiohttp")),
+    "engine_asyncio": lambda u, n, c: asyncio.run(run_engine(u, n, c, "asyncio")),
     "raw_aiohttp": lambda u, n, c: asyncio.run(run_raw_aiohttp(u, n, c)),
-    "qwen_batch_chat": lambda u, n, c: run_qwen_batch(u, n, c, "chat"),
+    "qwen_batch_chat_aiohttp": lambda u, n, c: run_qwen_batch(u, n, c, "chat", "aiohttp"),
+    "qwen_batch_chat_asyncio": lambda u, n, c: run_qwen_batch(u, n, c, "chat", "asyncio"),
     "qwen_batch": run_qwen_batch,
     "openai_batch": run_openai_batch,
 }
@@ -225,7 +230,7 @@ def main() -> None:
                     row = measure(name, url, n, inflight)
                     row["round"] = rnd
                     rows.append(row)
-                    print(f"round {rnd} c={inflight:5d} {name:14s} {row['cpu_us_per_req']:8.0f} µs/req "
+                    print(f"round {rnd} c={inflight:5d} {name:24s} {row['cpu_us_per_req']:8.0f} µs/req "
                           f"{row['req_per_s']:7.0f} req/s errors={row['errors']}", file=sys.stderr, flush=True)
     summary = summarise(rows)
     md = table(summary)

@@ -119,7 +119,7 @@ class BatchedChatQwen(BaseChatModel):
     max_wait_ms: float = Field(default=2.0, ge=0)
     max_batch_tokens: int = Field(default=32768, ge=1)
     max_connections: int = Field(default=2048, ge=1)
-    http_engine: Literal["aiohttp", "httpx"] = "aiohttp"
+    http_engine: Literal["asyncio", "aiohttp", "httpx"] = "asyncio"
 
     _handle: DispatcherHandle = PrivateAttr(default_factory=DispatcherHandle)
 

@@ -1,8 +1,8 @@
-"""The default engine: one aiohttp session with a keep-alive connector.
+"""The aiohttp engine (``http_engine="aiohttp"``): one aiohttp session with a keep-alive connector.
 
-Measured on 2 cores against a zero-latency server it costs about as much client CPU per request as
-raw aiohttp, where httpx's default transport costs 20-30x more and fails at 256 in flight
-(docs/benchmarks.md, transport table).
+It was the default until the asyncio engine (``asyncio_engine.py``) measured a third of its client CPU
+per request; it costs about as much as raw aiohttp, where httpx's default transport costs 20-30x more
+and fails at 256 in flight (docs/benchmarks.md, transport table).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """What every HTTP engine offers the transport: bytes in, bytes out, and the pool limits.
 
-An engine is one of :class:`HttpEngine`'s implementations (aiohttp by default, httpx for a caller's
-client); everything above this layer is engine-agnostic. Engine methods run only on the runtime's
-loop; nothing here is thread-safe by itself.
+An engine is one of :class:`HttpEngine`'s implementations (the asyncio engine by default, aiohttp,
+httpx for a caller's client); everything above this layer is engine-agnostic. Engine methods run only
+on the runtime's loop; nothing here is thread-safe by itself.
 """
 
 from __future__ import annotations

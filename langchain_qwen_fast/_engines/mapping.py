@@ -3,7 +3,7 @@
 Every engine call runs inside :class:`mapped`; :func:`map_error` decides by meaning (never reached
 the server, cut short, not HTTP, bad framing), so ``except ModelError`` holds for whatever aiohttp or
 httpx raise, documented or not. httpx's own mapping lives with its engine and is reached only when
-httpx is loaded.
+httpx is loaded. The asyncio engine raises faults that already say their meaning (``http1.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import http_exceptions
 
+from langchain_qwen_fast._engines import http1
 from langchain_qwen_fast._errors import (
     ClientClosedError,
     _HTTPInfo,
@@ -65,6 +66,26 @@ def _from_aiohttp(url: str, e: aiohttp.ClientError) -> Exception:
     return connection_error(url, e, maybe_sent=True)  # disconnected, reset, read timeout, any newer ClientError
 
 
+def _from_fault(url: str, e: http1.Fault) -> Exception:
+    """The asyncio engine's faults; the message shows the OS or TLS error underneath where there is one."""
+    cause = e.__cause__ if isinstance(e.__cause__, Exception) else e
+    if isinstance(e, http1.ServerDisconnected):
+        why = "the response was cut short" if e.answered else ""
+        if cause is not e:  # an OS error (a reset): say what it ended
+            why = f"{e} ({why})" if why else str(e)
+        return connection_error(url, cause, maybe_sent=True, why=why)
+    if isinstance(e, http1.NotHttp):
+        return not_http(url, str(e))
+    if isinstance(e, http1.BadHttp):
+        return invalid_http(url, str(e))
+    if isinstance(e, http1.Unsendable):
+        return connection_error(url, e, maybe_sent=False, retryable=False)
+    if isinstance(e, http1.ConnectFailed) and isinstance(e.__cause__, (ValueError, TypeError)) \
+            and not isinstance(e.__cause__, OSError):  # a URL the socket layer cannot use
+        return connection_error(url, cause, maybe_sent=False, retryable=False)
+    return connection_error(url, cause, maybe_sent=False)  # ConnectFailed: refused, DNS, TLS, connect timeout
+
+
 def map_error(url: str, e: BaseException) -> BaseException:
     """The package error for whatever an engine call raised; ``e`` itself where it passes unchanged.
 
@@ -75,6 +96,8 @@ def map_error(url: str, e: BaseException) -> BaseException:
     """
     if not isinstance(e, Exception) or isinstance(e, (_HTTPInfo, ClientClosedError)):
         return e
+    if isinstance(e, http1.Fault):
+        return _from_fault(url, e)
     if isinstance(e, aiohttp.ClientError):  # before TimeoutError: aiohttp's timeouts subclass both
         return _from_aiohttp(url, e)
     hx = sys.modules.get("httpx")  # not loaded: nothing raised can be an httpx error

@@ -25,7 +25,7 @@ class Session:
         headers = {"Accept": "application/json"}
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        # trust_env=False: the model's aiohttp engine ignores HTTP(S)_PROXY too; check that path.
+        # trust_env=False: the model's own engines ignore HTTP(S)_PROXY too; check that path.
         self.http = httpx.Client(headers=headers, transport=transport, trust_env=False,
                                  timeout=httpx.Timeout(timeout, connect=min(3.0, timeout)))
         self.timeout = timeout

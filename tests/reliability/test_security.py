@@ -2,7 +2,8 @@
 a key over plain http to another host is warned about, prompt text is never logged, and a proxy with basic
 auth in front of the server works from the URL's credentials.
 
-Covers: _urls.py, _errors.py, chat_models.py, _calls/fields.py, _engines/aiohttp_engine.py."""
+Covers: _urls.py, _errors.py, chat_models.py, _calls/fields.py, _engines/aiohttp_engine.py,
+_engines/asyncio_engine.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import asyncio
 import json
 import logging
 import ssl
-import subprocess
 import threading
 import time
 import warnings
@@ -149,39 +149,6 @@ def test_prompt_text_is_never_logged(
 
 
 # -- TLS -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def self_signed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    d = tmp_path_factory.mktemp("tls")
-    cert, key = d / "cert.pem", d / "key.pem"
-    try:
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                str(key),
-                "-out",
-                str(cert),
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    except FileNotFoundError:
-        pytest.fail("the openssl command is needed to make a self-signed certificate")
-    return cert, key
-
-
 class _TLSServer(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -250,7 +217,7 @@ def tls_server(self_signed: tuple[Path, Path]) -> Iterator[_TLSServer]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("engine", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("engine", ["asyncio", "aiohttp", "httpx"])
 def test_tls_certificates_are_verified_by_default(
     tls_server: _TLSServer, self_signed: tuple[Path, Path], make_model: MakeModel, engine: str
 ) -> None:

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import random
 import socket
-import socketserver
 import struct
 import threading
 from collections import Counter
 from collections.abc import Callable
+
+from support import LoopbackTcpServer, read_request
 
 # Connection: close, as each connection serves one request; a client that reused it would fail on
 # that instead of on the case under test.
@@ -111,26 +112,13 @@ CASES: dict[str, Callable[[_Conn], None]] = {
 }
 
 
-class GarbageServer:
+class GarbageServer(LoopbackTcpServer):
     """``with GarbageServer() as srv: srv.base_url("ssh")`` -> ``http://127.0.0.1:PORT/ssh/v1``."""
 
     def __init__(self) -> None:
+        super().__init__(self._serve, name="garbage-server")
         self.requests: Counter[str] = Counter()
-        self._stopping = threading.Event()
         self._lock = threading.Lock()
-        outer = self
-
-        class Handler(socketserver.BaseRequestHandler):
-            def handle(self) -> None:
-                outer._serve(self.request)
-
-        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler, bind_and_activate=True)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="garbage-server", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.server_address[1])
 
     def base_url(self, case: str) -> str:
         if case not in CASES:
@@ -144,45 +132,16 @@ class GarbageServer:
     def _serve(self, sock: socket.socket) -> None:
         sock.settimeout(10)
         try:
-            data = b""
-            while b"\r\n\r\n" not in data:
-                more = sock.recv(65536)
-                if not more:
-                    return
-                data += more
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value.strip())
-            while len(body) < length:
-                more = sock.recv(65536)
-                if not more:
-                    return
-                body += more
+            got = read_request(lambda: sock.recv(65536))
+            if got is None:
+                return
+            head = got[0]
             path = head.split(b" ")[1].decode()
             case = path.split("/")[1]
             with self._lock:
                 self.requests[case] += 1
-            CASES[case](_Conn(sock, self._stopping))
+            CASES[case](_Conn(sock, self.stopping))
         except OSError:
             pass  # the client went away first: nothing to tell it
         finally:
             sock.close()
-
-    def start(self) -> GarbageServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(10)
-
-    def __enter__(self) -> GarbageServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

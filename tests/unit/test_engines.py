@@ -1,6 +1,7 @@
 """_engines.py: every library exception becomes a package error at one seam, and garbage from a
 server (not HTTP, cut short, not OpenAI) is always a clear ModelError, never a raw aiohttp/httpx
-exception and never a hang, through every call style, wire mode and engine.
+exception or engine fault and never a hang, through every call style, wire mode and engine (asyncio,
+aiohttp, httpx).
 
 The garbage comes from a raw TCP server on loopback (``_garbage_server.py``).
 
@@ -28,7 +29,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from langchain_qwen_fast import BatchedChatQwen
 from langchain_qwen_fast import _errors as errors_module
-from langchain_qwen_fast._engines import AiohttpEngine, Limits, map_error, mapped
+from langchain_qwen_fast._engines import AiohttpEngine, AsyncioEngine, Limits, http1, map_error, mapped
 from langchain_qwen_fast._engines.httpx_engine import HttpxEngine
 from langchain_qwen_fast._errors import (
     APIConnectionError,
@@ -82,6 +83,8 @@ _SAMPLES: dict[str, Callable[[], Any]] = {
     "code": lambda: 1002,
     "request": lambda: _REQUEST,
     "response": lambda: httpx.Response(502, request=_REQUEST),
+    "answered": lambda: True,
+    "detail": lambda: "the server closed the connection with 12 bytes of the body still to come",
 }
 
 
@@ -119,6 +122,8 @@ def _exported(module: Any, base: type[BaseException], names: Any = None) -> list
 #: http_exceptions lists one name in __all__; the parser raises the others (LineTooLong reaches us bare).
 AIOHTTP_CLASSES = _exported(aiohttp, Exception) + _exported(http_exceptions, Exception, dir(http_exceptions))
 HTTPX_CLASSES = _exported(httpx, Exception)
+#: The asyncio engine's own faults (``_engines/http1.py``).
+FAULT_CLASSES = _exported(http1, http1.Fault, dir(http1))
 
 
 def test_the_walk_finds_the_classes_that_matter() -> None:
@@ -128,9 +133,11 @@ def test_the_walk_finds_the_classes_that_matter() -> None:
                  "ClientConnectorCertificateError", "RemoteProtocolError", "ReadTimeout", "ConnectError"):
         assert name in names
     assert len(AIOHTTP_CLASSES) >= 30 and len(HTTPX_CLASSES) >= 25  # aiohttp 3.9: 32, 3.14: 45
+    assert {c.__name__ for c in FAULT_CLASSES} >= {"ConnectFailed", "ServerDisconnected", "NotHttp", "BadHttp"}
 
 
-@pytest.mark.parametrize("cls", AIOHTTP_CLASSES + HTTPX_CLASSES, ids=lambda c: f"{c.__module__}.{c.__name__}")
+@pytest.mark.parametrize("cls", AIOHTTP_CLASSES + HTTPX_CLASSES + FAULT_CLASSES,
+                         ids=lambda c: f"{c.__module__}.{c.__name__}")
 def test_every_exported_exception_maps_to_a_package_error(cls: type[BaseException]) -> None:
     exc = _instance(cls)
     if isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout):
@@ -242,6 +249,7 @@ _C_PARSER = http_parser.HttpResponseParser is not http_parser.HttpResponseParser
 _NOT_HTTP_OR_NO_ANSWER = {
     "aiohttp": InvalidResponseError if _C_PARSER else APIConnectionError,
     "httpx": APIConnectionError,
+    "asyncio": InvalidResponseError,  # checks the first bytes as they arrive, as aiohttp's C parser does
 }
 BAD, CUT, LATE = InvalidResponseError, APIConnectionError, DeadlineExceededError
 #: case -> (outcome of a plain call, outcome of a stream), per engine where they differ.
@@ -271,7 +279,7 @@ STREAM_CASES = [
     pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=_STREAM_GAPS[c])) if c in _STREAM_GAPS else c
     for c in sorted(CASES)
 ]
-ENGINES = ["aiohttp", "httpx"]
+ENGINES = ["asyncio", "aiohttp", "httpx"]
 WIRES = ["chat", "completions"]
 
 
@@ -401,7 +409,14 @@ def test_credentials_in_the_base_url_never_reach_the_message(garbage: GarbageSer
 
 
 # -- bytes received before a cut are handed out before the error ------------------------------------
-@pytest.mark.parametrize("engine", ["aiohttp", "httpx"])
+_ENGINE_CLASSES: dict[str, Callable[[], Any]] = {
+    "asyncio": lambda: AsyncioEngine(Limits()),
+    "aiohttp": lambda: AiohttpEngine(Limits()),
+    "httpx": lambda: HttpxEngine(None, Limits()),
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("busy", [0.0, 0.2])
 async def test_lines_received_before_a_cut_come_out_before_the_error(
     garbage: GarbageServer, engine: str, busy: float
@@ -409,7 +424,7 @@ async def test_lines_received_before_a_cut_come_out_before_the_error(
     """``busy`` holds the reader back until the cut has arrived too, as a loaded event loop does:
     aiohttp then has the events in its buffer and its error stored, and raises before returning them
     unless the engine takes them out first."""
-    eng = AiohttpEngine(Limits()) if engine == "aiohttp" else HttpxEngine(None, Limits())
+    eng = _ENGINE_CLASSES[engine]()
     url = garbage.base_url("sse_cut") + "/chat/completions"
     got: list[bytes] = []
     try:

@@ -1,6 +1,6 @@
 """close()/aclose()/context managers, no leaked tasks or threads, and the stats() snapshot.
 
-Covers: chat_models.py, _loop/handle.py, _stats.py, _dispatch/dispatcher.py."""
+Covers: chat_models.py, _loop/handle.py, _stats.py, _dispatch/dispatcher.py, _engines/asyncio_engine.py."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 from _qwen_fakes import chat_body, last_user_text
 
 from langchain_qwen_fast import BatchedChatQwen, ClientClosedError
+from langchain_qwen_fast._engines import AsyncioEngine
 from langchain_qwen_fast._loop.runtime import get_runtime
 
 pytestmark = pytest.mark.timeout(30)
@@ -146,19 +147,28 @@ async def test_in_flight_async_call_on_closed_model_fails_with_client_closed_err
     assert isinstance(exc, ClientClosedError), f"got {type(exc).__name__}: {exc!r}"
 
 
-def test_close_leaks_no_tasks_no_threads_and_closes_aiohttp_session(local_server: Any) -> None:
+def _engine_is_closed(engine: Any) -> bool:
+    """No connection left open: the asyncio engine's count, the aiohttp engine's session."""
+    if isinstance(engine, AsyncioEngine):
+        return engine.connections == 0
+    return engine._session is None or engine._session.closed  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("engine", ["asyncio", "aiohttp"])
+def test_close_leaks_no_tasks_no_threads_and_closes_the_engines_connections(local_server: Any, engine: str) -> None:
     server = local_server(delay=0.01)
     get_runtime()  # the one background thread exists before the baseline
     threads_before = threading.active_count()
     tasks_before = _runtime_tasks()
 
-    models = [BatchedChatQwen(base_url=server.base_url, max_concurrency=10 + i) for i in range(4)]
-    sessions = []
+    models = [BatchedChatQwen(base_url=server.base_url, max_concurrency=10 + i, http_engine=engine) for i in range(4)]
+    engines = []
     for m in models:
         assert m.invoke("x").content == "echo:x"
         assert len(m.batch(["a", "b", "c"])) == 3
         _, disp = m._dispatcher()
-        sessions.append(disp.transport.engine._session)
+        engines.append(disp.transport.engine)
+    assert not any(_engine_is_closed(e) for e in engines)  # the check below can fail
     assert threading.active_count() == threads_before  # no thread per model or per call
     for m in models:
         m.close()
@@ -167,7 +177,7 @@ def test_close_leaks_no_tasks_no_threads_and_closes_aiohttp_session(local_server
     while _runtime_tasks() - tasks_before and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not (_runtime_tasks() - tasks_before)
-    assert all(s is not None and s.closed for s in sessions)
+    assert all(_engine_is_closed(e) for e in engines)
     assert threading.active_count() == threads_before
 
 

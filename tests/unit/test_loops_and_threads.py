@@ -28,7 +28,7 @@ def test_two_asyncio_run_calls_in_a_row_with_one_instance(mock_model: Any) -> No
     assert rec.count == 3
 
 
-def test_repeated_asyncio_run_with_default_aiohttp_engine(local_server: Any) -> None:
+def test_repeated_asyncio_run_with_the_default_engine(local_server: Any) -> None:
     server = local_server()
     with BatchedChatQwen(base_url=server.base_url) as model:
 
