@@ -71,7 +71,7 @@ class Requests:
                 self.outcomes.settle(head, exc=e)
                 return
             rep = lease.replica
-            if rep.lists is None and rep in self._checks:  # lists sent beside the one being checked wait for it
+            while rep.lists is None and rep in self._checks:  # lists refused beside the one being checked wait
                 await asyncio.shield(self._checks[rep])
             if rep.lists is False:
                 await asyncio.gather(*(self._chat_in_list(it, lease) for it in live if not it.done))
@@ -99,7 +99,8 @@ class Requests:
         try:
             return await self._lists_refused(live, lease)
         finally:
-            del self._checks[rep]
+            if self._checks.get(rep) is done:
+                del self._checks[rep]
             done.set_result(None)
 
     async def _lists_refused(self, live: list[Item], lease: Lease) -> bool:

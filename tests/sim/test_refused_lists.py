@@ -42,13 +42,13 @@ def _reset(srv: SimServer) -> None:
 
 
 def _model(urls: list[str], **kw: Any) -> BatchedChatQwen:
-    return BatchedChatQwen(base_url=urls if len(urls) > 1 else urls[0], model="Qwen-0.6B", api_key="EMPTY",
+    return BatchedChatQwen(base_url=urls if len(urls) > 1 else urls[0], model="Qwen/Qwen3-0.6B", api_key="EMPTY",
                            max_tokens=8, **kw)
 
 
 def test_the_server_itself_refuses_lists_and_takes_strings(refusing: SimServer) -> None:
     base = refusing.base_url
-    body = {"model": "Qwen-0.6B", "max_tokens": 4}
+    body = {"model": "Qwen/Qwen3-0.6B", "max_tokens": 4}
     r = httpx.post(base + "/completions", json={**body, "prompt": ["a", "b"]}, timeout=10)
     assert r.status_code == 400 and "did not match any variant" in r.text
     assert httpx.post(base + "/completions", json={**body, "prompt": "a"}, timeout=10).status_code == 200
@@ -108,8 +108,20 @@ def test_a_list_rejected_for_one_bad_prompt_is_still_split_and_the_server_keeps_
 
 
 def test_doctor_warns_that_a_server_refuses_lists_and_names_the_fix(refusing: SimServer) -> None:
-    report = run_checks(refusing.base_url, model="Qwen-0.6B", timeout=10)
+    report = run_checks(refusing.base_url, model="Qwen/Qwen3-0.6B", timeout=10)
     c = check(report, "completions_list")
     assert c.status == "warn", c
     assert "refuses a list of prompts" in c.finding and "chat requests instead" in c.finding
     assert "VLLM_USE_RUST_FRONTEND" in (c.fix or "")
+
+
+def test_lists_refused_together_for_bad_heads_each_fail_with_the_servers_error(taking: SimServer) -> None:
+    # every head bad: each check is inconclusive (the head fails alone too), and checks of lists refused at the same
+    # time follow one another; each input gets the server's 400, none a bookkeeping error
+    _reset(taking)
+    model = _model([taking.base_url], max_batch_size=4)
+    out = model.batch([f"bad {i} [[fault:status=400]]" for i in range(64)], return_exceptions=True)
+    assert [type(o).__name__ for o in out] == ["BadRequestError"] * 64
+    (ep,) = model.stats()["endpoints"].values()
+    assert ep["lists"] == "accepted"  # inconclusive checks leave it taking lists
+    model.close()
