@@ -16,9 +16,10 @@ cancelled, or fails closes its connection: a half-read connection never goes bac
 from __future__ import annotations
 
 import asyncio
+import base64
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from langchain_qwen_fast._engines.asyncio_pool import Connection, Pool, Slots
 from langchain_qwen_fast._engines.base import Limits, RawResponse, StreamHandle
@@ -34,10 +35,10 @@ class _Route:
     """What one URL needs on every request: its pool, and its request heads up to ``Content-Length``
     (one per method and set of headers, formatted once: a batch sends thousands with the same ones)."""
 
-    __slots__ = ("heads", "host", "pool", "target")
+    __slots__ = ("auth", "heads", "host", "pool", "target")
 
-    def __init__(self, pool: Pool, target: bytes, host: bytes) -> None:
-        self.pool, self.target, self.host = pool, target, host
+    def __init__(self, pool: Pool, target: bytes, host: bytes, auth: bytes = b"") -> None:
+        self.pool, self.target, self.host, self.auth = pool, target, host, auth
         self.heads: dict[tuple[object, ...], bytes] = {}
 
     def request(self, method: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
@@ -57,7 +58,10 @@ class _Route:
 
     def _head(self, method: bytes, headers: Mapping[str, str]) -> bytes:
         host = b"" if "Host" in headers or "host" in headers else self.host  # the caller's own Host wins
-        return b"".join((method, b" ", self.target, b" HTTP/1.1\r\n", host, header_block(headers)))
+        # user:password in the URL is HTTP basic auth, as aiohttp and httpx send it; an Authorization header given
+        # with the call wins (the model refuses a URL's credentials together with an api key up front)
+        auth = b"" if any(k.lower() == "authorization" for k in headers) else self.auth
+        return b"".join((method, b" ", self.target, b" HTTP/1.1\r\n", host, auth, header_block(headers)))
 
 
 class AsyncioEngine:
@@ -175,11 +179,15 @@ class AsyncioEngine:
         try:
             host_line = f"Host: {shown}\r\n".encode("ascii")
             target_bytes = target.encode("ascii")
+            auth_line = b""
+            if parts.username is not None:
+                pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+                auth_line = b"Authorization: Basic " + base64.b64encode(pair) + b"\r\n"
         except UnicodeEncodeError:
             raise Unsendable("the URL's host or path is not ASCII; IDNA-encode the host") from None
         if len(self._routes) >= 1024:  # URLs are base_url + a few paths; this only guards against misuse
             self._routes.clear()
-        route = self._routes[url] = _Route(pool, target_bytes, host_line)
+        route = self._routes[url] = _Route(pool, target_bytes, host_line, auth_line)
         return route
 
     def _context(self) -> ssl.SSLContext:
