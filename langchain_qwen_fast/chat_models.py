@@ -104,7 +104,7 @@ class BatchedChatQwen(BaseChatModel):
     min_p: float | None = None
     wire_mode: Literal["chat", "completions"] = "completions"
     #: Sequences in flight at once on each server of ``base_url`` (a completions list of 32 is 32).
-    max_concurrency: int = Field(default=512, ge=1)
+    max_concurrency: int = Field(default=2048, ge=1)
     #: An optional cap on the sum over all servers (None: N servers hold N x max_concurrency).
     max_total_concurrency: int | None = Field(default=None, ge=1)
     #: Sequences per server kept free of bulk work (batch/abatch) while single calls or streams come.

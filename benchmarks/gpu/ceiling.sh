@@ -3,7 +3,7 @@
 # on one GPU, side by side, each started by `qwen-fast engines` with setsid (they outlive each call while the
 # machine stays warm, so every phase measures the same server session; the launchers' PIDs are in
 # /tmp/ceiling_*.pid):
-#   old: 3 servers, --no-mps, the launcher's default flags, ports 8000-8002
+#   old: 3 servers, --no-mps, the old default flags (--disable-uvicorn-access-log only), ports 8000-8002
 #   new: 3 servers under the launcher's MPS daemon, with NEW_FLAGS (default --performance-mode throughput),
 #        ports 8004-8006
 # Each server gets 8 GiB of KV cache and --gpu-memory-utilization 0.15 (six share the card: 6 x 12.2 GiB fit
@@ -77,7 +77,8 @@ EOF
 sys.modules['langchain_qwen_fast'] = p; from langchain_qwen_fast.cli.engines import main; sys.exit(main(sys.argv[1:]))"
   [ "${ONLY:-new}" = new ] || { echo '[]' > /tmp/ready_new.json; : > /tmp/launch_new.log; }
   [ "${ONLY:-old}" = old ] || { echo '[]' > /tmp/ready_old.json; : > /tmp/launch_old.log; }
-  [ "${ONLY:-old}" = old ] && launch old 8000 --no-mps -- $COMMON
+  # the old defaults: no MPS, the flags before the throughput mode joined them
+  [ "${ONLY:-old}" = old ] && launch old 8000 --no-mps --no-default-flags -- $COMMON --disable-uvicorn-access-log
   # shellcheck disable=SC2086
   [ "${ONLY:-new}" = new ] && launch new 8004 -- $COMMON $NEW_FLAGS
   local failed=""

@@ -28,9 +28,13 @@ from langchain_qwen_fast.cli.mps import CONTROL, MpsPlan, plan_mps
 # Flags that trim the API server's per-request CPU work (a 0.6B engine is CPU-bound): no uvicorn access log
 # line per HTTP request. --disable-log-stats was measured too (one H200, 3 rounds, docs/scaling.md): with the
 # access-log flag it gave 1.09-1.11x on one engine but 1.00-1.03x on three, and it empties vLLM's /metrics
-# (no Prometheus counters at all), so it is not a default; pass it after -- for a single engine. A measurement
-# (benchmarks/gpu/ceiling.sh, "flags") decides what joins them. --no-default-flags leaves them out.
-DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-uvicorn-access-log",)
+# (no Prometheus counters at all), so it is not a default; pass it after -- for a single engine.
+# --performance-mode=throughput (vLLM 0.24's larger batches): without MPS it gave 1.14x at 32 tokens with 64 lists
+# in flight per server; with MPS, the two together gave 1.34x (2,177-2,181 req/s) on one H100, and in one server
+# session on an H100 (benchmarks/gpu/ceiling.sh, docs/scaling.md) three servers so started served 1941 raw req/s at
+# 32 tokens against 1445-1703 for three started the old way, and 1.16x at 128 tokens. One token each (flag=value),
+# so a user's own --performance-mode replaces it. --no-default-flags leaves them out.
+DEFAULT_SERVE_FLAGS: tuple[str, ...] = ("--disable-uvicorn-access-log", "--performance-mode=throughput")
 _OWNED = ("host", "port", "model")  # set by the launcher, refused after --
 
 
