@@ -164,6 +164,23 @@ def test_summary_counts_self_and_inclusive_samples_per_thread() -> None:
     assert "100.0%  _run (langchain_qwen_fast/_loop/runtime.py:57)" in md
 
 
+def test_pool_workers_waiting_for_work_are_left_out_of_the_samples() -> None:
+    wait = "_worker (/usr/lib/python3.11/concurrent/futures/thread.py:69)"
+    text = (f"thread (1): qwen-fast-loop;Thread.run (/usr/lib/python3.11/threading.py:971);"
+            f"parse (/x/langchain_qwen_fast/_convert.py:9) 3\n"
+            f"thread (2): qwen-fast-sync_0;Thread.run (/usr/lib/python3.11/threading.py:971);{wait} 50\n"
+            f"thread (3): qwen-fast-sync_1;Thread.run (/usr/lib/python3.11/threading.py:971);{wait} 40\n"
+            f"thread (3): qwen-fast-sync_1;Thread.run (/usr/lib/python3.11/threading.py:971);{wait};"
+            f"run (/x/app.py:5) 1\n")
+    threads = parse_collapsed(text.splitlines())
+    assert (threads["qwen-fast-sync_0"].samples, threads["qwen-fast-sync_0"].waiting) == (0, 50)
+    assert (threads["qwen-fast-sync_1"].samples, threads["qwen-fast-sync_1"].waiting) == (1, 40)
+    md = summarize(text, title="t")
+    assert "4 samples in 2 thread(s)" in md and "- qwen-fast-loop: 3 (75.0%)" in md
+    assert "qwen-fast-sync_0" not in md and "- qwen-fast-sync_1: 1 (25.0%)" in md
+    assert "90 more samples of thread-pool workers waiting for work are left out; 1 thread(s) did nothing else" in md
+
+
 def test_short_path_keeps_the_package_site_packages_or_stdlib_relative_part() -> None:
     assert short_path("/x/langchain_qwen_fast/_convert.py") == "langchain_qwen_fast/_convert.py"
     assert short_path("/v/lib/python3.11/site-packages/orjson/__init__.py") == "orjson/__init__.py"
