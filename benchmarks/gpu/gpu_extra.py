@@ -97,6 +97,14 @@ class Runs(BaseCallbackHandler):
         self._end(run_id)
 
 
+def _describe(o: Any) -> str:
+    meta = getattr(o, "response_metadata", None)
+    if meta is not None:
+        return (f"{type(o).__name__} content={str(o.content)[:80]!r} finish_reason={meta.get('finish_reason')} "
+                f"usage={getattr(o, 'usage_metadata', None)}")
+    return f"{type(o).__name__}: {str(o)[:200]}"
+
+
 def failover(urls: list[str], out: Path, restart: bool = False, deadline: float = 0) -> None:
     n = int(5000 * SCALE)
     victim = urls[-1]
@@ -129,11 +137,16 @@ def failover(urls: list[str], out: Path, restart: bool = False, deadline: float 
     answered = sum(1 for o in outs if isinstance(o, AIMessage) and o.content)
     failed_clear = sum(1 for o in outs if isinstance(o, ModelError) and str(o))
     other = n - answered - failed_clear
+    # What an outcome that is neither was (one at the first GPU run, not kept then): type, text, finish reason.
+    others = [o for o in outs
+              if not (isinstance(o, AIMessage) and o.content) and not (isinstance(o, ModelError) and str(o))]
+    other_examples = [_describe(o) for o in others[:5]]
     ended = [runs.ends.get(r, 0) for r in runs.started]
     st = model.stats()
     emit(out, {"phase": "failover", "n": n, "engines": len(urls), "victim": victim, **events,
                "wall_s": round(wall, 2), "outputs": len(outs), "answered": answered, "failed_clear_error": failed_clear,
-               "other_outcomes": other, "runs_started": len(runs.started), "lost": sum(1 for e in ended if e == 0),
+               "other_outcomes": other, "other_examples": other_examples,
+               "runs_started": len(runs.started), "lost": sum(1 for e in ended if e == 0),
                "duplicated": sum(1 for e in ended if e > 1),
                "error_types": dict(st["endpoints"][victim]["errors"]),
                "victim_ejected": st["endpoints"][victim]["ejected"],
