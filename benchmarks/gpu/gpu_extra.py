@@ -134,13 +134,12 @@ def failover(urls: list[str], out: Path, restart: bool = False, deadline: float 
     from langchain_core.exceptions import ModelError
     from langchain_core.messages import AIMessage
 
-    answered = sum(1 for o in outs if isinstance(o, AIMessage) and o.content)
-    failed_clear = sum(1 for o in outs if isinstance(o, ModelError) and str(o))
+    kinds = ["answered" if isinstance(o, AIMessage) and o.content else
+             "failed_clear" if isinstance(o, ModelError) and str(o) else "other" for o in outs]
+    answered, failed_clear = kinds.count("answered"), kinds.count("failed_clear")
     other = n - answered - failed_clear
     # What an outcome that is neither was (one at the first GPU run, not kept then): type, text, finish reason.
-    others = [o for o in outs
-              if not (isinstance(o, AIMessage) and o.content) and not (isinstance(o, ModelError) and str(o))]
-    other_examples = [_describe(o) for o in others[:5]]
+    other_examples = [_describe(o) for o, k in zip(outs, kinds, strict=True) if k == "other"][:5]
     ended = [runs.ends.get(r, 0) for r in runs.started]
     st = model.stats()
     emit(out, {"phase": "failover", "n": n, "engines": len(urls), "victim": victim, **events,
