@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         qwen_scenario(urls, warm, "batch")
         variants = {int(x) for x in a.variants.split(",")} if a.variants else None
         depths, kinds = [int(x) for x in a.depths.split(",")], a.rows.split(",")
+        limits = [int(x) for x in a.max_concurrency.split(",") if x]
         for rnd in range(a.rounds):
-            limits = [int(x) for x in a.max_concurrency.split(",") if x]
             steps = (set_plan(sets, depths, kinds, limits, a.openai, rnd) if sets
                      else plan(counts, urls, variants, a.openai, rnd))
             for name, fn in steps:
