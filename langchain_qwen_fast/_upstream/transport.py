@@ -135,14 +135,19 @@ class Transport:
         def send(ep: Replica, retry: bool) -> Awaitable[Any]:
             return self._attempt(path, body, headers, deadline, timeout, lease, ep, retry)
 
+        return await self._with_retries(send, deadline, lease, payload, headers)
+
+    # -- retries -------------------------------------------------------------------------
+    async def _with_retries(self, send: _Send[T], deadline: float, lease: Lease, payload: Mapping[str, Any],
+                            headers: Mapping[str, str]) -> T:
+        """:meth:`_tries`; a 404 for the payload's model is explained with the models the server serves."""
         try:
-            return await self._with_retries(send, deadline, lease.replica)
+            return await self._tries(send, deadline, lease.replica)
         except NotFoundError as e:  # "The model `X` does not exist": say what is served instead
             await self.models.explain(e, payload.get("model"), headers)
             raise
 
-    # -- retries -------------------------------------------------------------------------
-    async def _with_retries(self, send: _Send[T], deadline: float, first: Replica) -> T:
+    async def _tries(self, send: _Send[T], deadline: float, first: Replica) -> T:
         """Send once directly; on a retryable failure, go on in :meth:`_retry`."""
         try:
             return await send(first, False)
@@ -222,11 +227,7 @@ class Transport:
         def send(ep: Replica, retry: bool) -> Awaitable[tuple[Replica, StreamHandle]]:
             return self._open(path, body, headers, deadline, timeout, lease, ep, retry)
 
-        try:
-            ep, handle = await self._with_retries(send, deadline, lease.replica)
-        except NotFoundError as e:
-            await self.models.explain(e, payload.get("model"), headers)
-            raise
+        ep, handle = await self._with_retries(send, deadline, lease, payload, headers)
         url = ep.base + path
         ep.outstanding += 1
         t0, done, events = time.monotonic(), False, 0
