@@ -40,7 +40,7 @@ from langchain_core.exceptions import (
     ModelTimeoutError,
 )
 
-from langchain_qwen_fast._urls import base_url_candidates, redact_url, suggest_base_url
+from langchain_qwen_fast._urls import base_url_candidates, endpoint_suffix, redact_url, suggest_base_url
 
 _CONTEXT_MARKERS = (
     "maximum context length",
@@ -185,13 +185,11 @@ def _prefix_hint(url: str, msg: str) -> str:
     if "model" in msg.lower():
         return ""  # "The model `X` does not exist": the URL is right (the transport adds what is served)
     base = url.split("?")[0]
-    for suffix in ("/chat/completions", "/completions"):  # the path the client appended to base_url
-        if base.endswith(suffix):
-            base = base[: -len(suffix)]
-            break
-    candidates = base_url_candidates(base) if suggest_base_url(base) is not None else []
-    if not candidates:
+    if (suffix := endpoint_suffix(base)) is not None:  # the path the client appended to base_url
+        base = base[: -len(suffix)]
+    if suggest_base_url(base) is None:
         return ""
+    candidates = base_url_candidates(base)
     hint = (f" -- nothing answers under {base}; OpenAI-compatible servers answer under a /v1 prefix: "
             f'use base_url="{candidates[0]}"')
     if len(candidates) > 1:
