@@ -36,6 +36,16 @@ def is_named(model: str) -> bool:
     return not isinstance(model, DefaultName)
 
 
+def listed_models(body: object) -> list[str] | None:
+    """The model ids in a decoded ``GET /models`` body (OpenAI's ``{"data": [{"id": ...}, ...]}``), or None
+    when it has no model list; entries without an id are no model. The client, the doctor and the queue
+    worker read a listing with this one rule."""
+    data = body.get("data") if isinstance(body, Mapping) else None
+    if not isinstance(data, list):
+        return None
+    return [str(m["id"]) for m in data if isinstance(m, Mapping) and m.get("id")]
+
+
 @dataclass(frozen=True)
 class Choice:
     """The name calls use for a model nobody named, and why; ``name`` None: none can be chosen."""

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from langchain_qwen_fast._engines import HttpEngine
-from langchain_qwen_fast._served import Choice, Served, choose, mentions, not_served
+from langchain_qwen_fast._served import Choice, Served, choose, listed_models, mentions, not_served
 from langchain_qwen_fast._upstream.replicas import ReplicaSet
 from langchain_qwen_fast._urls import redact_url
 
@@ -48,11 +48,11 @@ class _Listing:
 def _read(status: int, body: bytes) -> _Listing:
     if status == 200:
         try:
-            data = orjson.loads(body).get("data")
-        except (orjson.JSONDecodeError, AttributeError):
-            data = None
-        if isinstance(data, list):
-            return _Listing([str(m.get("id")) for m in data if isinstance(m, dict) and m.get("id")], "", True)
+            ids = listed_models(orjson.loads(body))
+        except orjson.JSONDecodeError:
+            ids = None
+        if ids is not None:
+            return _Listing(ids, "", True)
         return _Listing(None, "GET /models answered 200 without a model list", True)
     if status >= 500:
         return _Listing(None, f"GET /models answered HTTP {status}", False)

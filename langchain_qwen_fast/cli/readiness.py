@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any
 
-from langchain_qwen_fast._served import ENV, Served, choose, describe, is_named
+from langchain_qwen_fast._served import ENV, Served, choose, describe, is_named, listed_models
 from langchain_qwen_fast._urls import redact_url
 
 log = logging.getLogger("langchain_qwen_fast.worker")
@@ -50,11 +50,9 @@ class Readiness:
             async with self._session.get(url.rstrip("/") + "/models", headers=self.headers) as r:
                 if r.status != 200:
                     return f"GET /models answered HTTP {r.status}"
-                data = (await r.json(content_type=None)).get("data")
-                if not isinstance(data, list):
-                    return "GET /models answered without a model list"
-                return [str(m.get("id")) for m in data if isinstance(m, dict)]
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, AttributeError) as e:
+                ids = listed_models(await r.json(content_type=None))
+                return "GET /models answered without a model list" if ids is None else ids
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
             return f"GET /models failed ({type(e).__name__})"
 
     async def check(self) -> tuple[bool, dict[str, Any]]:

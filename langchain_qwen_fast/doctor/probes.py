@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 
 from langchain_qwen_fast._errors import cause_chain, server_message
+from langchain_qwen_fast._served import listed_models
 
 FIX_TOOLS = "vllm serve ... --enable-auto-tool-choice --tool-call-parser hermes"
 FIX_AUTO_TOOLS = "vllm serve ... --enable-auto-tool-choice"
@@ -64,10 +65,7 @@ def loads(text: Any) -> Any:
 
 
 def model_ids(r: httpx.Response) -> list[str] | None:
-    data = as_json(r).get("data") if r.status_code == 200 else None
-    if not isinstance(data, list):
-        return None
-    return [str(m.get("id")) for m in data if isinstance(m, dict)]
+    return listed_models(as_json(r)) if r.status_code == 200 else None
 
 
 def message(r: httpx.Response) -> dict[str, Any] | None:

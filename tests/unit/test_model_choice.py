@@ -19,7 +19,7 @@ import pytest
 from _qwen_fakes import Recorder, chat_body
 
 from langchain_qwen_fast import BatchedChatQwen, NotFoundError, run_batch
-from langchain_qwen_fast._served import DEFAULT_MODEL, DefaultName, choose, is_named
+from langchain_qwen_fast._served import DEFAULT_MODEL, DefaultName, choose, is_named, listed_models
 
 A, B = "http://127.0.0.1:9/v1", "http://127.0.0.2:9/v1"
 
@@ -212,3 +212,11 @@ def test_a_server_that_is_down_at_first_is_asked_again_later(make: Callable[...,
     time.sleep(1.1)  # ... and a failed lookup is retried after a second, not on every call
     llm.invoke("hi")
     assert server.last["model"] == "Qwen-0.6B"
+
+
+def test_one_rule_reads_a_model_listing_for_the_client_the_doctor_and_the_worker() -> None:
+    body = {"object": "list", "data": [{"id": "Qwen-0.6B"}, {"object": "model"}, {"id": ""}, "x", {"id": 7}]}
+    assert listed_models(body) == ["Qwen-0.6B", "7"]  # an entry without an id is no model (not "None")
+    assert listed_models({"data": []}) == []
+    for not_a_listing in ({}, {"data": {"id": "m"}}, [{"id": "m"}], "data", None):
+        assert listed_models(not_a_listing) is None
