@@ -41,8 +41,9 @@ class _Route:
         self.pool, self.target, self.host, self.auth = pool, target, host, auth
         self.heads: dict[tuple[object, ...], bytes] = {}
 
-    def request(self, method: bytes, headers: Mapping[str, str], body: bytes | None) -> bytes:
-        """The bytes to write: the head, and the body too when it is small."""
+    def request(self, method: bytes, headers: Mapping[str, str], body: bytes | None) -> tuple[bytes, bytes | None]:
+        """The bytes to write first (the head, and the body too when it is small), and the body when it is
+        written on its own after them."""
         key = (method, *headers.items())
         head = self.heads.get(key)
         if head is None:
@@ -51,10 +52,10 @@ class _Route:
                 self.heads.clear()
             self.heads[key] = head
         if body is None:
-            return head + b"\r\n"
+            return head + b"\r\n", None
         if len(body) < _JOIN_BELOW:
-            return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body)
-        return b"%sContent-Length: %d\r\n\r\n" % (head, len(body))
+            return b"%sContent-Length: %d\r\n\r\n%s" % (head, len(body), body), None
+        return b"%sContent-Length: %d\r\n\r\n" % (head, len(body)), body
 
     def _head(self, method: bytes, headers: Mapping[str, str]) -> bytes:
         host = b"" if "Host" in headers or "host" in headers else self.host  # the caller's own Host wins
@@ -119,12 +120,12 @@ class AsyncioEngine:
             self._bind(loop)
         deadline = loop.time() + timeout
         route = self._routes.get(url) or self._route(url)
-        data = route.request(method, headers, body)
+        data, rest = route.request(method, headers, body)
         pool = route.pool
         conn: Connection | None = await pool.acquire(deadline)
         try:
             try:
-                await self._send(conn, data, body, deadline, streaming)
+                await self._send(conn, data, rest, deadline, streaming)
                 return conn  # type: ignore[return-value]
             except ServerDisconnected as e:
                 # A kept-alive connection the server closed in order before it answered anything: the
@@ -136,7 +137,7 @@ class AsyncioEngine:
             pool.drop(conn, keep_slot=True)
             conn = None  # the slot is the fresh connection's now (connect gives it back if it fails)
             conn = await pool.connect(deadline)
-            await self._send(conn, data, body, deadline, streaming)
+            await self._send(conn, data, rest, deadline, streaming)
             return conn
         except BaseException:
             if conn is not None:
@@ -144,11 +145,11 @@ class AsyncioEngine:
             raise
 
     @staticmethod
-    async def _send(conn: Connection | None, data: bytes, body: bytes | None, deadline: float, streaming: bool) -> None:
+    async def _send(conn: Connection | None, data: bytes, rest: bytes | None, deadline: float, streaming: bool) -> None:
         assert conn is not None
-        if body is not None and len(body) >= _JOIN_BELOW:
+        if rest is not None:
             conn.transport.write(data)  # the head; the body follows in its own write
-            data = body
+            data = rest
         await conn.exchange(data, deadline, streaming)
 
     # -- routes and loops ------------------------------------------------------------------------

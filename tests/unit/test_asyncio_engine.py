@@ -76,6 +76,18 @@ async def test_sequential_requests_share_one_keep_alive_connection(serve: Serve,
                     b"Content-Type: application/json", b"Content-Length: 7"]  # keep-alive is 1.1's default
 
 
+async def test_a_body_below_and_above_the_join_size_arrives_whole_with_its_length(
+    serve: Serve, engine: AsyncioEngine
+) -> None:
+    """Small bodies go out in the head's write, large ones (a long prompt list) in a write of their own."""
+    srv = serve(lambda r: Reply(ok(b"{}")))
+    small, large = b'{"p":"%s"}' % (b"x" * 1000), b'{"p":"%s"}' % (b"y" * (300 * 1024))
+    for body in (small, large, small):
+        assert (await engine.post(srv.url("/v1/completions"), body, JSON, 5.0)).status == 200
+    assert [r.body for r in srv.requests] == [small, large, small] and srv.counts.accepted == 1
+    assert [r.header("content-length") for r in srv.requests] == [str(len(b)) for b in (small, large, small)]
+
+
 async def test_the_host_header_never_carries_the_urls_userinfo(serve: Serve, engine: AsyncioEngine) -> None:
     srv = serve(lambda r: Reply(ok()))
     url = srv.url("/v1/x").replace("http://", "http://alice:s3cret@")
