@@ -161,6 +161,9 @@ def _first_line(data: bytes) -> bytes:
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILER, _UNTIL_CLOSE, _DONE = range(8)
 
 
+#: The headers of a response whose head has not arrived: empty, already parsed, shared (never changed).
+_NO_HEADERS = Headers(b"", {})
+
 class ResponseReader:
     """One response, fed the bytes as they arrive.
 
@@ -187,7 +190,7 @@ class ResponseReader:
 
     def __init__(self) -> None:
         self.status = 0
-        self.headers: Headers = Headers()
+        self.headers: Headers = _NO_HEADERS  # until the head is read (``_head`` sets the response's own)
         self.body: list[bytes] = []
         self.size = 0
         self.head_done = self.done = False
