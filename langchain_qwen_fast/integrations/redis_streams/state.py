@@ -27,7 +27,6 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal
 
 Activity = Literal["read", "reclaim", "heartbeat", "answer", "write"]
@@ -90,20 +89,13 @@ class WorkerState:
         return True
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """One job this worker holds: since when (monotonic), and how often Redis had delivered it by then."""
-
-    since: float
-    deliveries: int
-
-
 class HeldJobs:
-    """The jobs (stream entry ids) this worker holds; at most ``capacity`` are taken by reads."""
+    """The jobs (stream entry ids) this worker holds, each with when it was taken (monotonic); at most
+    ``capacity`` are taken by reads."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._held: dict[bytes, Held] = {}
+        self._held: dict[bytes, float] = {}
 
     def __len__(self) -> int:
         return len(self._held)
@@ -116,11 +108,11 @@ class HeldJobs:
         """How many more jobs a read may take."""
         return self.capacity - len(self._held)
 
-    def take(self, eid: bytes, deliveries: int) -> bool:
+    def take(self, eid: bytes) -> bool:
         """Hold ``eid``; False when it is held already (it is being answered: never twice)."""
         if eid in self._held:
             return False
-        self._held[eid] = Held(time.monotonic(), deliveries)
+        self._held[eid] = time.monotonic()
         return True
 
     def release(self, eid: bytes) -> None:
@@ -131,4 +123,4 @@ class HeldJobs:
 
     def oldest_s(self) -> float | None:
         """Seconds since the longest-held job was taken (None when nothing is held)."""
-        return time.monotonic() - min(h.since for h in self._held.values()) if self._held else None
+        return time.monotonic() - min(self._held.values()) if self._held else None

@@ -183,7 +183,7 @@ class StreamWorker:
         cfg = self.config
         jobs: list[tuple[bytes, Job]] = []
         for eid, fields, deliveries in entries:
-            if not self.held.take(eid, deliveries):
+            if not self.held.take(eid):
                 continue  # XAUTOCLAIM handed back one of our own entries: it is being answered already
             self.counts[f"read_{source}"] += 1
             if source == "reclaimed":
