@@ -160,12 +160,10 @@ def make_plan(cfg: LaunchConfig, env: Mapping[str, str], own_pipe: Path, own_log
             raise LaunchError(str(e)) from e
         slots = place(cfg.servers, cfg.port, used)
     else:
-        found: list[Gpu] = []
-        if shutil.which("nvidia-smi"):
-            try:
-                found = query_gpus()
-            except GpuError:
-                found = []  # the servers will say what is wrong with the GPU; MPS and memory go by defaults
+        try:
+            found = query_gpus()
+        except GpuError:  # none on PATH, or it failed
+            found = []  # the servers will say what is wrong with the GPU; MPS and memory go by defaults
         shown = default_gpu(found, env)
         used = [shown] if shown else []
         slots = place(cfg.servers, cfg.port, None, shown)

@@ -34,8 +34,6 @@ DEFAULT_KV_CACHE_BYTES = 10 * 2**30  # 10737418240 per server, the measured defa
 SERVER_BASE_MIB = 14546 - 10240  # what a Qwen3-0.6B server holds besides its KV cache (one H200, vLLM 0.24)
 FIT_SHARE = 0.95  # the part of a card its servers may hold together when the KV default is sized to fit
 QUERY = ("--query-gpu=index,memory.total,compute_mode", "--format=csv,noheader,nounits")
-#: nvidia-smi's compute modes: what each allows (docs/scaling.md, "MPS"; cli/mps.py decides by them)
-COMPUTE_MODES = ("Default", "Exclusive_Process", "Prohibited", "Exclusive_Thread")
 
 
 class GpuError(ValueError):

@@ -150,7 +150,7 @@ class MpsDaemon:
 
     def __init__(self, plan: MpsPlan, env: Mapping[str, str], pci_order: bool) -> None:
         assert plan.mode == "own" and plan.control and plan.pipe_dir and plan.log_dir, plan
-        self.plan, self.pipe_dir, self.log_dir = plan, plan.pipe_dir, plan.log_dir
+        self.pipe_dir, self.log_dir = plan.pipe_dir, plan.log_dir
         self.env = plan.daemon_env(env, pci_order)
         self.argv = [plan.control, "-f"]
         self.child = ChildProcess(self.argv, env=self.env, log_path=self.log_dir / "control.log",
