@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from langchain_qwen_fast._qwen import EMPTY_THINK, render_chatml
-from langchain_qwen_fast._served import DEFAULT_MODEL, choose, fix, is_named
+from langchain_qwen_fast._served import choose, fix, is_named
 from langchain_qwen_fast._urls import base_url_candidates, endpoint_suffix, origin, redact_url, server_root
 
 from . import features
@@ -175,7 +175,7 @@ def served_model(s: Session, ids: list[str]) -> None:
         s.add("model", OK, f"serves {served}; no model given, so the checks use {ids[0]}",
               None, t0)
     elif not is_named(s.model):
-        return _unnamed_model(s, ids, t0)
+        _unnamed_model(s, ids, t0)
     elif s.model in ids:
         s.add("model", OK, f"serves {served}; '{s.model}' matches", None, t0)
     else:
@@ -191,24 +191,24 @@ def served_model(s: Session, ids: list[str]) -> None:
 
 
 def _unnamed_model(s: Session, ids: list[str], t0: float) -> None:
-    """No --model and no QWEN_MODEL: the check applies BatchedChatQwen's own rule (``_served.choose``)."""
+    """No --model and no QWEN_MODEL: the check applies BatchedChatQwen's own rule (``_served.choose``). Where
+    the default is not served, the later checks use ``ids[0]`` (``served_model`` sets it): the one model
+    served, when that is what BatchedChatQwen discovers."""
+    assert s.model is not None
     served = ", ".join(ids)
-    choice = choose(s.model or DEFAULT_MODEL, {s.shown: ids})
+    choice = choose(s.model, {s.shown: ids})
     if choice.name is None:
         s.add("model", FAIL, f"no model named (--model, QWEN_MODEL) and the default {s.model} is not "
               f"served; the server serves {served}, so BatchedChatQwen cannot pick one",
               f"name one: {fix(ids[0])} (qwen-fast doctor --model {ids[0]})", t0)
         s.report.model_note = f"model: none named and {s.model} is not served; the checks below use {ids[0]}"
-        s.model = ids[0]
     elif choice.how == "discovered":
         s.add("model", OK, f"serves {served}; no model named (--model, QWEN_MODEL), so "
               f"BatchedChatQwen uses {choice.name}, the one model served", None, t0)
         s.report.model_note = f"model: none named; BatchedChatQwen uses {choice.name}, the one model served"
-        s.model = choice.name
     else:
         s.add("model", OK, f"serves {served}; no model named, so BatchedChatQwen uses the default "
               f"{choice.name}", None, t0)
-    s.report.checked_model = s.model
 
 
 # -- the template ---------------------------------------------------------------------------

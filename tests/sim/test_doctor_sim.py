@@ -209,6 +209,7 @@ def test_no_model_named_and_several_others_served_fails_naming_field_and_env_var
     assert model.status == "fail" and "no model named" in model.finding
     assert "Qwen-0.6B, lora-a" in model.finding
     assert 'BatchedChatQwen(model="Qwen-0.6B") or QWEN_MODEL=Qwen-0.6B' in model.fix
+    assert report.checked_model == "Qwen-0.6B"  # the later checks use a model that is served
 
 
 def test_model_from_env_that_is_not_served_says_it_came_from_qwen_model(
