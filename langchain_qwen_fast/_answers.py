@@ -68,8 +68,8 @@ def list_answers(resp: Any, n: int, model: str) -> list[Answer]:
 def to_result(a: Answer) -> ChatResult:
     """The ``ChatResult`` ``_generate`` returns (every choice of a chat answer with ``n > 1``)."""
     if a.chat:
-        return chat_response_to_result(a.resp, a.model)
-    return completion_choice_to_result(a.resp, a.choice, a.usage, a.model)
+        return chat_response_to_result(a.resp["choices"], a.usage, a.meta)
+    return completion_choice_to_result(a.choice, a.usage, a.meta)
 
 
 def finish(result: ChatResult, run_id: Any) -> AIMessage:
@@ -87,12 +87,13 @@ def finish(result: ChatResult, run_id: Any) -> AIMessage:
 
 def to_message(a: Answer, run_id: Any) -> AIMessage:
     """``finish(to_result(a), run_id)``, built directly where the answer allows it (one choice, no tool calls)."""
-    fields = ai_message_fields(a.choice["message"] if a.chat else {"content": a.choice.get("text") or ""})
-    if not FAST_MESSAGES or "tool_calls" in fields or "invalid_tool_calls" in fields or (
-            a.chat and len(a.resp["choices"]) > 1):
+    # Tool calls (valid or not: the message has either kind exactly when the answer has any) and several choices
+    # take the ChatResult path; decided before the fields are made, which that path makes again.
+    if not FAST_MESSAGES or (a.chat and (a.choice["message"].get("tool_calls") or len(a.resp["choices"]) > 1)):
         return finish(to_result(a), run_id)
+    fields = ai_message_fields(a.choice["message"] if a.chat else {"content": a.choice.get("text") or ""})
     usage = usage_to_metadata(a.usage) if a.usage else None
-    # {**llm_output_of(...), **generation_info(...)}, with the part every prompt of the response shares made once
+    # {**llm_output_of(a.meta, ...), **generation_info(...)} without the intermediate dict
     metadata = {"token_usage": token_usage_of(a.usage), **a.meta, **generation_info(a.choice)}
     return fast_ai_message(fields["content"], fields.get("additional_kwargs"), metadata,
                            f"{LC_ID_PREFIX}-{run_id}-0", usage)

@@ -229,14 +229,14 @@ def token_usage_of(usage: Any) -> dict[str, Any] | None:
     return {**dict.fromkeys(_USAGE_FIELDS), **mapping(usage, "usage")}
 
 
-def llm_output_of(resp: Mapping[str, Any], model_fallback: str, token_usage: dict[str, Any] | None) -> dict[str, Any]:
-    """The response-level ``response_metadata`` keys, as ChatOpenAI's ``_create_chat_result`` sets them;
-    ``token_usage`` is the response's (chat) or one prompt's share of a list (completions)."""
-    return {"token_usage": token_usage, **response_meta(resp, model_fallback)}
+def llm_output_of(meta: Mapping[str, Any], token_usage: dict[str, Any] | None) -> dict[str, Any]:
+    """The response-level ``response_metadata`` keys, as ChatOpenAI's ``_create_chat_result`` sets them:
+    ``token_usage`` (the response's for chat, one prompt's share of a list for completions), then ``meta``."""
+    return {"token_usage": token_usage, **meta}
 
 
 def response_meta(resp: Mapping[str, Any], model_fallback: str) -> dict[str, Any]:
-    """:func:`llm_output_of` but ``token_usage``: what every prompt of a list shares (made once per list)."""
+    """The response-level keys but ``token_usage``: what every prompt of a list shares (made once per list)."""
     out: dict[str, Any] = {
         "model_provider": MODEL_PROVIDER,
         "model_name": resp.get("model") or model_fallback,
@@ -283,31 +283,32 @@ def check_shape(resp: Any) -> list[Mapping[str, Any]]:
     return choices
 
 
-def chat_response_to_result(resp: Mapping[str, Any], model_fallback: str) -> ChatResult:
-    """Convert a ``/v1/chat/completions`` body into a ChatResult, ChatOpenAI-style."""
-    choices = check_shape(resp)
-    usage = resp.get("usage")
+def chat_response_to_result(
+    choices: Sequence[Mapping[str, Any]], usage: Mapping[str, Any] | None, meta: Mapping[str, Any]
+) -> ChatResult:
+    """A ``/v1/chat/completions`` body as a ChatResult, ChatOpenAI-style: its choices (as
+    :func:`check_shape` returns them), its usage object (None when it has none) and :func:`response_meta`."""
     gens = []
     for choice in choices:
         message = dict_to_ai_message(choice.get("message") or {})
         if usage:
-            message.usage_metadata = usage_to_metadata(mapping(usage, "usage"))
+            message.usage_metadata = usage_to_metadata(usage)
         gens.append(ChatGeneration(message=message, generation_info=generation_info(choice)))
-    return ChatResult(generations=gens, llm_output=llm_output_of(resp, model_fallback, token_usage_of(usage)))
+    return ChatResult(generations=gens, llm_output=llm_output_of(meta, token_usage_of(usage)))
 
 
 def completion_choice_to_result(
-    resp: Mapping[str, Any], choice: Mapping[str, Any], usage: Mapping[str, Any] | None, model_fallback: str
+    choice: Mapping[str, Any], usage: Mapping[str, Any] | None, meta: Mapping[str, Any]
 ) -> ChatResult:
     """One prompt's share of a ``/v1/completions`` list response, shaped like a chat result.
 
     ``usage`` is this prompt's own usage (from ``token_ids``), or None where the server gave only
-    the list's total.
+    the list's total; ``meta`` is the list's :func:`response_meta`.
     """
     message = dict_to_ai_message({"content": choice.get("text") or ""})
     if usage:
         message.usage_metadata = usage_to_metadata(usage)
-    out = llm_output_of(resp, model_fallback, token_usage_of(usage))
+    out = llm_output_of(meta, token_usage_of(usage))
     gen = ChatGeneration(message=message, generation_info=generation_info(choice))
     return ChatResult(generations=[gen], llm_output=out)
 
