@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
@@ -90,11 +91,22 @@ class _Driver:
             pending[rec.index] = rec
         return [rec for rec in chunk.inputs if rec.run_id is None]
 
-    def finished(self, index: int, answer: Any, exc: BaseException | None) -> tuple[PreparedInput, Any, Any]:
-        """``(record, output, event)`` for a result (:meth:`Prepared.outcome`); the input is no longer pending."""
+    def finished(self, index: int, answer: Any, exc: BaseException | None) -> tuple[Any, Callable[[], Any] | None]:
+        """``(output, end)`` for a result (:meth:`Prepared.outcome`); the input is no longer pending. ``end`` ends
+        the input's run (``on_llm_end``, or ``on_llm_error`` for a failure): the driver calls it (the async one
+        awaits it); None when no run was started (nobody listens)."""
         rec = self.pending.pop(index)
         out, event = self.prep.outcome(rec, answer, exc)
-        return rec, out, event
+        m = rec.manager
+        if m is None:
+            return out, None
+        if isinstance(out, BaseException):
+            return out, partial(m.on_llm_error, out, response=event)
+        return out, partial(m.on_llm_end, event)
+
+    def open_runs(self) -> list[Any]:
+        """The run managers of the inputs still pending (each to be ended with the error that stopped the batch)."""
+        return [rec.manager for rec in self.pending.values() if rec.manager is not None]
 
     @property
     def done(self) -> bool:
@@ -137,22 +149,17 @@ def iter_fast(d: _Driver, raise_early: bool) -> Iterator[tuple[int, Any]]:
                 if not d.pending:
                     continue
                 for index, answer, exc in run.take():
-                    rec, out, event = d.finished(index, answer, exc)
-                    failed = isinstance(out, BaseException)
-                    if rec.manager is not None:
-                        if failed:
-                            rec.manager.on_llm_error(out, response=event)
-                        else:
-                            rec.manager.on_llm_end(event)
-                    if failed and raise_early:
+                    out, end = d.finished(index, answer, exc)
+                    if end is not None:
+                        end()
+                    if raise_early and isinstance(out, BaseException):
                         raise out
                     yield index, out
         except BaseException as e:  # a bad input, a failing callback, KeyboardInterrupt, the caller left
             run.close()  # cancel what was sent first: error callbacks may be slow
-            for rec in d.pending.values():
-                if rec.manager is not None:
-                    with contextlib.suppress(Exception):
-                        rec.manager.on_llm_error(e)
+            for m in d.open_runs():
+                with contextlib.suppress(Exception):
+                    m.on_llm_error(e)
             raise
 
 
@@ -172,20 +179,15 @@ async def aiter_fast(d: _Driver, raise_early: bool) -> AsyncGenerator[tuple[int,
                 if not d.pending:
                     continue
                 for index, answer, exc in await run.take():
-                    rec, out, event = d.finished(index, answer, exc)
-                    failed = isinstance(out, BaseException)
-                    if rec.manager is not None:
-                        if failed:
-                            await rec.manager.on_llm_error(out, response=event)
-                        else:
-                            await rec.manager.on_llm_end(event)
-                    if failed and raise_early:
+                    out, end = d.finished(index, answer, exc)
+                    if end is not None:
+                        await end()
+                    if raise_early and isinstance(out, BaseException):
                         raise out
                     yield index, out
         except BaseException as e:  # incl. a cancelled task: stop, then end every run started, concurrently
             run.close()
-            await asyncio.gather(*(rec.manager.on_llm_error(e) for rec in d.pending.values()
-                                   if rec.manager is not None), return_exceptions=True)
+            await asyncio.gather(*(m.on_llm_error(e) for m in d.open_runs()), return_exceptions=True)
             raise
 
 
