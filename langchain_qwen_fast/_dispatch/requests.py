@@ -29,18 +29,23 @@ class Requests:
         self._checks: dict[Replica, asyncio.Future[None]] = {}  # a replica's list check under way
 
     async def send_chat(self, item: Item, lease: Lease) -> None:
-        timeout, model = item.deadline_s, item.model
         try:
-            resp = await self.transport.post_json("/chat/completions", item.payload or {}, item.headers,
-                                                  deadline_for(timeout), timeout, lease)
-            self.outcomes.settle(item, chat_answer(resp, model))
+            await self._post_chat(item, lease)
         except asyncio.CancelledError:
             self.outcomes.abandon(item)
             raise
-        except Exception as e:
-            self.outcomes.settle(item, exc=e)
         finally:
             self.stats.sent(1)
+
+    async def _post_chat(self, item: Item, lease: Lease) -> None:
+        """Send ``item`` as a chat request and settle it with the answer or the error (a cancel propagates)."""
+        timeout = item.deadline_s
+        try:
+            resp = await self.transport.post_json("/chat/completions", item.payload or {}, item.headers,
+                                                  deadline_for(timeout), timeout, lease)
+            self.outcomes.settle(item, chat_answer(resp, item.model))
+        except Exception as e:
+            self.outcomes.settle(item, exc=e)
 
     async def send_list(self, items: list[Item], lease: Lease) -> None:
         try:
@@ -85,12 +90,16 @@ class Requests:
         except Exception as e:
             self.outcomes.settle_many([(it, None, e) for it in live])
             return
+        self._settle_list(live, resp)
+
+    def _settle_list(self, items: list[Item], resp: Any) -> None:
+        """Settle ``items`` with their answers in a list response, or all with why it has none for them."""
         try:
-            answers = list_answers(resp, len(live), head.model)
+            answers = list_answers(resp, len(items), items[0].model)
         except Exception as e:
-            self.outcomes.settle_many([(it, None, e) for it in live])
+            self.outcomes.settle_many([(it, None, e) for it in items])
             return
-        self.outcomes.settle_many([(it, answer, None) for it, answer in zip(live, answers, strict=True)])
+        self.outcomes.settle_many([(it, answer, None) for it, answer in zip(items, answers, strict=True)])
 
     async def _check_lists(self, live: list[Item], lease: Lease) -> bool:
         """:meth:`_lists_refused`, once at a time per replica (lists refused together wait for its answer)."""
@@ -122,7 +131,7 @@ class Requests:
             return False  # something else went wrong: the usual splitting decides
         else:
             rep.lists = True
-            self._settle_list_answer(head, resp)
+            self._settle_list([head], resp)
             await self._send_list(live[1:], lease)
             return True
         single = {**(head.list_params or {}), "prompt": head.prompt}
@@ -134,25 +143,11 @@ class Requests:
         rep.lists = False
         log.warning("qwen-fast: %s refuses completions lists (HTTP 400 to a list prompt that it answers as a "
                     "string); it gets chat requests from now on", rep.name)
-        self._settle_list_answer(head, resp)
+        self._settle_list([head], resp)
         await asyncio.gather(*(self._chat_in_list(it, lease) for it in live[1:] if not it.done))
         return True
-
-    def _settle_list_answer(self, item: Item, resp: Any) -> None:
-        try:
-            (answer,) = list_answers(resp, 1, item.model)
-        except Exception as e:
-            self.outcomes.settle(item, exc=e)
-            return
-        self.outcomes.settle(item, answer)
 
     async def _chat_in_list(self, item: Item, lease: Lease) -> None:
         """One item of a refused list, asked again as a chat request on the list's admission."""
         item.as_chat()
-        timeout = item.deadline_s
-        try:
-            resp = await self.transport.post_json("/chat/completions", item.payload or {}, item.headers,
-                                                  deadline_for(timeout), timeout, lease)
-            self.outcomes.settle(item, chat_answer(resp, item.model))
-        except Exception as e:
-            self.outcomes.settle(item, exc=e)
+        await self._post_chat(item, lease)
