@@ -134,9 +134,8 @@ class Dispatcher:
         when nobody else waits on it, so a list whose callers all left does not hold its slots until it ends."""
         items = [it for it in items if not it.done]
         self.outcomes.settle_many([(it, None, asyncio.CancelledError()) for it in items])
-        for it in items:
-            task = it.task
-            if task is not None and not task.done() and all(o.done for o in self._tasks.get(task, ())):
+        for task in dict.fromkeys(it.task for it in items if it.task is not None):  # each request once
+            if not task.done() and all(o.done for o in self._tasks.get(task, ())):
                 task.cancel()
 
     def cancel_flow(self, flow: Flow) -> None:
