@@ -42,10 +42,7 @@ class CallSpec:
     list_key: bytes | None
     list_params: dict[str, Any] | None
     priority: int = 0
-
-    @property
-    def max_tokens(self) -> int:
-        return int(self.params.get("max_tokens") or 0)
+    max_tokens: int = 0  # params' max_tokens (0: unset), for each list item's token estimate
 
 
 def _merge_template_kwargs(params: dict[str, Any], thinking: bool | None, default: bool) -> bool:
@@ -140,7 +137,8 @@ def build_spec(
         # (and on every sampling parameter) may share one: two instances with different api keys
         # share a dispatcher, never a request.
         list_key = orjson.dumps([list_params, sorted(headers.items()), timeout], option=orjson.OPT_SORT_KEYS)
-    return CallSpec(params, headers, timeout, model, thinking_on, eligible, list_key, list_params, prio)
+    return CallSpec(params, headers, timeout, model, thinking_on, eligible, list_key, list_params, prio,
+                    int(params.get("max_tokens") or 0))
 
 
 def make_item(spec: CallSpec, messages: Sequence[BaseMessage]) -> Item:
@@ -152,21 +150,21 @@ def item_of_text(spec: CallSpec, text: str) -> Item:
     """:func:`item_of_dicts` for one user turn given as a string (what ``.batch(["..."])`` sends), without
     making its message list unless a chat request needs it."""
     if spec.list_eligible:
-        prompt = render_user_text(text, enable_thinking=spec.enable_thinking)
-        return Item(LIST, spec.headers, spec.timeout, spec.model, None, prompt, spec.list_key, spec.list_params,
-                    len(prompt) // 3 + spec.max_tokens, text, spec.params)
+        return _list_item(spec, render_user_text(text, enable_thinking=spec.enable_thinking), text)
     return item_of_dicts(spec, [{"role": "user", "content": text}])
 
 
 def item_of_dicts(spec: CallSpec, dicts: list[dict[str, Any]]) -> Item:
     """An Item for messages already in the request's form (:func:`messages_to_dicts`'s output)."""
     if spec.list_eligible and can_render(dicts):
-        # A list item travels as its prompt plus the shared list parameters; its messages stay for the chat
-        # request a server that refuses lists gets instead (Item.as_chat).
-        prompt = render_chatml(dicts, enable_thinking=spec.enable_thinking)
-        return Item(LIST, spec.headers, spec.timeout, spec.model, prompt=prompt, list_key=spec.list_key,
-                    list_params=spec.list_params, est_tokens=len(prompt) // 3 + spec.max_tokens, chat=dicts,
-                    chat_params=spec.params)
+        return _list_item(spec, render_chatml(dicts, enable_thinking=spec.enable_thinking), dicts)
     payload = dict(spec.params)
     payload["messages"] = dicts
     return Item(CHAT, spec.headers, spec.timeout, spec.model, payload=payload)
+
+
+def _list_item(spec: CallSpec, prompt: str, chat: Any) -> Item:
+    """A list item: it travels as its prompt plus the shared list parameters; ``chat`` (the messages, or the one
+    user turn's text) stays for the chat request a server that refuses lists gets instead (``Item.as_chat``)."""
+    return Item(LIST, spec.headers, spec.timeout, spec.model, None, prompt, spec.list_key, spec.list_params,
+                len(prompt) // 3 + spec.max_tokens, chat, spec.params)
