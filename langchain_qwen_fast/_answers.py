@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatResult
+from langchain_core.utils.utils import LC_ID_PREFIX  # message ids are f"{LC_ID_PREFIX}-{run_id}-{index}"
 
 from langchain_qwen_fast._convert import (
     ai_message_fields,
@@ -34,8 +35,6 @@ from langchain_qwen_fast._convert import (
     token_usage_of,
     usage_to_metadata,
 )
-
-LC_ID_PREFIX = "lc_run-"  # langchain_core.utils.utils.LC_ID_PREFIX: message ids are f"{prefix}-{run_id}-{index}"
 
 
 class Answer(NamedTuple):

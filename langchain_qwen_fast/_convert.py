@@ -326,7 +326,7 @@ def split_completions(resp: Mapping[str, Any], n_prompts: int) -> list[tuple[Map
     by_index: dict[int, Mapping[str, Any]] = {}
     for c in choices:
         index = c.get("index", 0)
-        by_index[index if type(index) is int or isinstance(index, int) else -1] = c
+        by_index[index if isinstance(index, int) else -1] = c
     missing = [i for i in range(n_prompts) if i not in by_index]
     if missing:
         raise malformed_response(f"no choices for prompt indexes {missing[:10]} of {n_prompts}")

@@ -54,9 +54,8 @@ except ImportError:  # pragma: no cover - depends on the install
     from langchain_core.utils.uuid import uuid7 as _uuid7  # type: ignore[assignment]
 
 
-def new_run_id() -> Any:
-    """A run id for an input no handler listens to: only its message id shows it."""
-    return _uuid7()
+#: A run id for an input no handler listens to (only its message id shows it), called once per such input.
+new_run_id: Callable[[], Any] = _uuid7
 
 _FIRST_CHUNK, _MAX_CHUNK = 32, 512
 
